@@ -1,0 +1,29 @@
+# Two commands on a fresh clone: `make demo` (the whole pipeline on synthetic data) and
+# `make test` (ruff, then pytest). Each creates .venv and installs msn into it first.
+PYTHON ?= python3
+VENV ?= .venv
+# The PyTorch build to install; e.g. `make test TORCH=torch` for the newest release.
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+.PHONY: install test demo bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $@
+
+test: install
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/python -m pytest -q
+
+demo: install
+	PATH="$(abspath $(BIN)):$$PATH" bash examples/quickstart.sh
+
+bench: install
+	$(BIN)/python benchmarks/tile.py
+
+clean:
+	rm -rf $(VENV) demo

@@ -1,0 +1,390 @@
+"""Annotations to label arrays: the one place that reads annotation files and label masks.
+
+Entry points: :func:`find_annotations` (the labels next to a slide), :func:`open_labels` (any
+supported file to a :class:`LabelSource`), :func:`read_annotations` (polygons only), and the
+writers :func:`write_geojson` / :func:`write_asap_xml` used by tests and the synthetic data.
+
+Formats: QuPath GeoJSON (``.geojson``/``.json``: a FeatureCollection, a list of features or one
+Feature; Polygon and MultiPolygon with holes; class from ``properties.classification.name`` or a
+plain-string ``properties.classification``), ASAP XML (``.xml``, as BACH ships; class from
+``PartOfGroup``), and label masks ``<stem>_mask.png|tif|tiff`` (see :mod:`.labelmask`).
+Coordinates are level-0 pixels, x right, y down.
+
+Class names match ``classes`` case-insensitively and whitespace-tolerantly, after an optional alias
+table (default :data:`BACH_ALIASES`; pass ``{}`` for none). Bad input raises
+:class:`~msn_cli.errors.MsnError` naming the file and the problem. Recoverable problems (skipped
+features: unknown geometry type, empty or unclassified; polygons partly outside the image) are
+emitted as :class:`AnnotationWarning` through :func:`warnings.warn`, one per kind of problem, each
+``"<file>: <problem>"``; the CLI collects them with ``warnings.catch_warnings(record=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+import xml.etree.ElementTree as ET
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from msn_cli.errors import MsnError, MsnUsageError
+from msn_cli.io.labelmask import (
+    LOSSY_SUFFIXES,
+    MASK_SUFFIXES,
+    MAX_MASK_PIXELS,
+    MaskLabels,
+    parse_mask_values,
+)
+from msn_cli.io.rasterise import (
+    BACH_ALIASES,
+    BACH_CLASSES,
+    IGNORE,
+    LabelledPolygon,
+    LabelSource,
+    PolygonLabels,
+    entirely_outside,
+    match_class,
+    out_of_bounds,
+)
+
+__all__ = [
+    "BACH_ALIASES", "BACH_CLASSES", "IGNORE", "MAX_MASK_PIXELS", "AnnotationWarning",
+    "LabelSource", "LabelledPolygon", "MaskLabels", "PolygonLabels", "find_annotations",
+    "match_class", "open_labels", "out_of_bounds", "parse_mask_values", "read_annotations",
+    "read_asap_xml", "read_geojson", "write_asap_xml", "write_geojson",
+]  # fmt: skip
+
+GEOJSON_SUFFIXES = (".geojson", ".json")
+XML_SUFFIXES = (".xml",)
+_ASAP_POLYGON_TYPES = {"polygon", "rectangle", "spline"}
+_PALETTE = [(0, 0, 0), (0, 160, 0), (230, 200, 0), (230, 0, 0), (0, 90, 230), (160, 0, 200)]
+
+
+class AnnotationWarning(UserWarning):
+    """A recoverable annotation problem; the message reads ``"<file>: <problem>"``."""
+
+
+class _Skips:
+    """Collects skipped features, warned once per reason with a count and the first example."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.seen = path, {}
+
+    def add(self, reason: str, where: str) -> None:
+        n, first = self.seen.get(reason, (0, where))
+        self.seen[reason] = (n + 1, first)
+
+    def emit(self) -> None:
+        for reason, (n, first) in self.seen.items():
+            msg = f"{self.path}: skipped {n} annotation(s): {reason} (first: {first})"
+            warnings.warn(msg, AnnotationWarning, stacklevel=3)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _ring(coords: Any, path: Path, where: str) -> np.ndarray:
+    if not isinstance(coords, list) or not all(
+        isinstance(p, (list, tuple)) and len(p) >= 2 and _is_num(p[0]) and _is_num(p[1])
+        for p in coords
+    ):
+        raise MsnError(path, f"{where}: bad coordinates (expected a ring [[x, y], ...])")
+    arr = np.array([p[:2] for p in coords], dtype=np.float64).reshape(-1, 2)
+    if not np.isfinite(arr).all():
+        raise MsnError(path, f"{where}: non-finite coordinate")
+    return arr
+
+
+def _polygon(rings: list[np.ndarray], label: int, name: str, skips: _Skips, where: str):
+    if not rings or len(np.unique(rings[0], axis=0)) < 3:
+        skips.add("empty or degenerate polygon (fewer than 3 points)", where)
+        return None
+    holes = tuple(r for r in rings[1:] if len(r) >= 3)
+    return LabelledPolygon(label=label, name=name, exterior=rings[0], holes=holes)
+
+
+def _geometry_rings(geom: Any, path: Path, where: str, skips: _Skips) -> list[list]:
+    """Polygons (each a list of raw rings) of a GeoJSON geometry; skips what is not a polygon."""
+    if not geom:
+        skips.add("empty geometry", where)
+        return []
+    if not isinstance(geom, dict):
+        raise MsnError(path, f"{where}: geometry is not an object")
+    kind, coords = geom.get("type"), geom.get("coordinates")
+    if kind == "GeometryCollection":
+        return [
+            p for g in geom.get("geometries") or [] for p in _geometry_rings(g, path, where, skips)
+        ]
+    if kind not in ("Polygon", "MultiPolygon"):
+        skips.add(f"{kind} geometry (only Polygon and MultiPolygon are labels)", where)
+        return []
+    if not isinstance(coords, list):
+        raise MsnError(path, f"{where}: {kind} without a coordinates list")
+    polys = [coords] if kind == "Polygon" else coords
+    if not polys or not any(polys):
+        skips.add("empty geometry", where)
+    return [p for p in polys if p]
+
+
+def read_geojson(
+    path: str | os.PathLike[str], classes: Sequence[str], aliases: Mapping[str, str] | None = None
+) -> list[LabelledPolygon]:
+    """Polygons of a QuPath GeoJSON export, in file order (later ones paint over earlier)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except OSError as e:
+        raise MsnError(path, f"cannot read annotations: {e.strerror or e}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise MsnError(path, f"not valid JSON: {e}") from None
+    if isinstance(data, dict) and data.get("type") == "FeatureCollection":
+        features = data.get("features")
+    elif isinstance(data, dict) and data.get("type") == "Feature":
+        features = [data]
+    else:
+        features = data
+    if not isinstance(features, list):
+        raise MsnError(
+            path,
+            "not GeoJSON annotations (expected a FeatureCollection, a Feature "
+            "or a list of features)",
+        )
+    out, skips = [], _Skips(path)
+    for i, f in enumerate(features):
+        where = f"feature {i}"
+        if not isinstance(f, dict):
+            raise MsnError(path, f"{where}: not a GeoJSON Feature object")
+        props = f.get("properties") or {}
+        if isinstance(props, dict) and props.get("name"):
+            where += f" ({props['name']!r})"
+        polys = _geometry_rings(f.get("geometry"), path, where, skips)
+        if not polys:
+            continue
+        cls = props.get("classification") if isinstance(props, dict) else None
+        name = cls.get("name") if isinstance(cls, dict) else cls
+        if not isinstance(name, str) or not name.strip():
+            skips.add("no classification", where)
+            continue
+        label = match_class(name, classes, aliases, path, where)
+        for rings in polys:
+            if not isinstance(rings, list):
+                raise MsnError(path, f"{where}: bad polygon coordinates")
+            p = _polygon(
+                [_ring(r, path, where) for r in rings], label, classes[label], skips, where
+            )
+            if p is not None:
+                out.append(p)
+    skips.emit()
+    return out
+
+
+def _number(text: str | None, path: Path, where: str, what: str) -> float:
+    if text is None:
+        raise MsnError(path, f"{where}: {what} is missing")
+    try:
+        v = float(text.strip().replace(",", ".") if "." not in text else text)
+    except ValueError:
+        raise MsnError(path, f"{where}: {what}={text!r} is not a number") from None
+    if not np.isfinite(v):
+        raise MsnError(path, f"{where}: {what}={text!r} is not finite")
+    return v
+
+
+def read_asap_xml(
+    path: str | os.PathLike[str], classes: Sequence[str], aliases: Mapping[str, str] | None = None
+) -> list[LabelledPolygon]:
+    """Polygons of an ASAP XML file (BACH), in file order; class from ``PartOfGroup``."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise MsnError(path, f"cannot read annotations: {e.strerror or e}") from None
+    text = data.decode("utf-16", "replace") if data[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+    if any(tok in data or tok.decode() in text for tok in (b"<!DOCTYPE", b"<!ENTITY")):
+        raise MsnError(path, "XML with DOCTYPE or ENTITY declarations is refused")
+    try:
+        root = ET.fromstring(data)
+    except ET.ParseError as e:
+        raise MsnError(path, f"not valid XML: {e}") from None
+    if root.tag != "ASAP_Annotations":
+        raise MsnError(
+            path,
+            f"not an ASAP annotation file (root element <{root.tag}>, expected <ASAP_Annotations>)",
+        )
+    out, skips = [], _Skips(path)
+    for i, a in enumerate(root.findall("./Annotations/Annotation")):
+        where = f"annotation {a.get('Name', f'#{i}')!r}"
+        kind, group = a.get("Type", "Polygon"), (a.get("PartOfGroup") or "").strip()
+        if kind.casefold() not in _ASAP_POLYGON_TYPES:
+            skips.add(f"{kind} annotation (only Polygon, Rectangle, Spline are labels)", where)
+            continue
+        pts = []
+        for k, c in enumerate(a.findall("./Coordinates/Coordinate")):
+            order = c.get("Order")
+            try:
+                key = int(order) if order is not None else k
+            except ValueError:
+                raise MsnError(
+                    path, f"{where}: coordinate Order={order!r} is not an integer"
+                ) from None
+            pw = f"{where} coordinate {order if order is not None else k}"
+            pts.append(
+                (key, _number(c.get("X"), path, pw, "X"), _number(c.get("Y"), path, pw, "Y"))
+            )
+        if not group or group.casefold() == "none":
+            skips.add("no PartOfGroup class", where)
+            continue
+        label = match_class(group, classes, aliases, path, where)
+        pts.sort(key=lambda p: p[0])
+        ring = np.array([p[1:] for p in pts], dtype=np.float64).reshape(-1, 2)
+        p = _polygon([ring], label, classes[label], skips, where)
+        if p is not None:
+            out.append(p)
+    skips.emit()
+    return out
+
+
+def read_annotations(
+    path: str | os.PathLike[str], classes: Sequence[str], aliases: Mapping[str, str] | None = None
+) -> list[LabelledPolygon]:
+    """Polygons of a ``.geojson``/``.json`` (QuPath) or ``.xml`` (ASAP) file, by extension."""
+    suffix = Path(path).suffix.lower()
+    if suffix in GEOJSON_SUFFIXES:
+        return read_geojson(path, classes, aliases)
+    if suffix in XML_SUFFIXES:
+        return read_asap_xml(path, classes, aliases)
+    raise MsnError(
+        path,
+        f"unsupported annotation type {suffix!r} (expected .geojson, .json or "
+        f".xml; label masks: {', '.join(MASK_SUFFIXES)})",
+    )
+
+
+def find_annotations(slide_path: str | os.PathLike[str]) -> Path | None:
+    """The labels next to a slide: ``<stem>.geojson``, ``<stem>.xml``, ``<stem>_mask.png|tif|tiff``.
+
+    Tried in that order, first with the full stem (``a.ome`` for ``a.ome.tiff``), then with the
+    part of the name before the first dot (``a``). Returns None when none exists.
+    """
+    p = Path(slide_path)
+    stems = dict.fromkeys([p.stem, p.name.split(".")[0]])
+    for stem in stems:
+        for name in (f"{stem}.geojson", f"{stem}.xml", *(f"{stem}_mask{s}" for s in MASK_SUFFIXES)):
+            cand = p.with_name(name)
+            if cand != p and cand.is_file():
+                return cand
+    return None
+
+
+def open_labels(
+    path: str | os.PathLike[str],
+    classes: Sequence[str],
+    image_size: tuple[int, int],
+    background: int = 0,
+    mask_values: Mapping[int, int] | str | None = None,
+    aliases: Mapping[str, str] | None = None,
+) -> LabelSource:
+    """A :class:`LabelSource` for an annotation file or label mask of a slide of ``image_size``.
+
+    ``image_size`` is level-0 ``(width, height)``. ``background`` (0, or 255 = ignore) labels
+    unannotated pixels of polygon files; masks label every pixel themselves. ``mask_values`` is a
+    ``{raw: class}`` dict or ``--mask-values`` text. Warns (:class:`AnnotationWarning`) about
+    skipped features, an empty file and polygons extending outside the image; raises MsnError when
+    every polygon lies wholly outside it.
+    """
+    if not 1 <= len(classes) <= 255:
+        raise MsnUsageError(None, f"between 1 and 255 classes are supported, got {len(classes)}")
+    suffix = Path(path).suffix.lower()
+    if suffix in MASK_SUFFIXES or suffix in LOSSY_SUFFIXES:
+        if isinstance(mask_values, str):
+            mask_values = parse_mask_values(mask_values, classes, aliases)
+        values = None if mask_values is None else dict(mask_values)
+        return MaskLabels(path, image_size, values, num_classes=len(classes))
+    if not Path(path).is_file() and suffix in GEOJSON_SUFFIXES + XML_SUFFIXES:
+        raise MsnError(path, "annotation file not found")
+    polygons = read_annotations(path, classes, aliases)
+    w, h = image_size
+    n, outside = len(polygons), entirely_outside(polygons, image_size)
+    if n == 0:
+        warnings.warn(
+            f"{path}: no usable annotations; every pixel gets the background label",
+            AnnotationWarning,
+            stacklevel=2,
+        )
+    elif outside == n:
+        raise MsnError(
+            path,
+            f"all {n} annotations lie outside the {w}x{h} image (wrong slide, or "
+            "coordinates not in level-0 pixels?)",
+        )
+    elif k := out_of_bounds(polygons, image_size):
+        warnings.warn(
+            f"{path}: {k} of {n} annotations extend outside the {w}x{h} image; the "
+            "parts outside are ignored",
+            AnnotationWarning,
+            stacklevel=2,
+        )
+    return PolygonLabels(polygons, image_size, background)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _closed(ring: np.ndarray) -> list[list[float]]:
+    pts = ring.tolist()
+    return pts + pts[:1] if pts and pts[0] != pts[-1] else pts
+
+
+def write_geojson(
+    path: str | os.PathLike[str],
+    polygons: Sequence[LabelledPolygon],
+    colors: Mapping[str, tuple[int, int, int]] | None = None,
+) -> None:
+    """Write polygons as a QuPath-style FeatureCollection (one Polygon feature each), atomically.
+
+    ``colors`` maps class names to RGB; by default a fixed palette indexed by class label.
+    """
+    feats = []
+    for p in polygons:
+        rgb = (colors or {}).get(p.name, _PALETTE[p.label % len(_PALETTE)])
+        feats.append({
+            "type": "Feature",
+            "geometry": {"type": "Polygon", "coordinates": [_closed(r) for r in (p.exterior,
+                                                                                 *p.holes)]},
+            "properties": {"objectType": "annotation",
+                           "classification": {"name": p.name, "color": list(rgb)}},
+        })  # fmt: skip
+    _atomic_write(Path(path), json.dumps({"type": "FeatureCollection", "features": feats}))
+
+
+def write_asap_xml(path: str | os.PathLike[str], polygons: Sequence[LabelledPolygon]) -> None:
+    """Write polygons as ASAP XML (group = class name), atomically. ASAP has no holes."""
+    root = ET.Element("ASAP_Annotations")
+    annots = ET.SubElement(root, "Annotations")
+    for i, p in enumerate(polygons):
+        if p.holes:
+            raise ValueError(f"{path}: ASAP XML cannot hold polygon holes (polygon {i})")
+        a = ET.SubElement(
+            annots,
+            "Annotation",
+            Name=f"Annotation {i}",
+            Type="Polygon",
+            PartOfGroup=p.name,
+            Color="#F4FA58",
+        )
+        coords = ET.SubElement(a, "Coordinates")
+        for k, (x, y) in enumerate(p.exterior.tolist()):
+            ET.SubElement(coords, "Coordinate", Order=str(k), X=repr(x), Y=repr(y))
+    groups = ET.SubElement(root, "AnnotationGroups")
+    for name in dict.fromkeys(p.name for p in polygons):
+        g = ET.SubElement(groups, "Group", Name=name, PartOfGroup="None", Color="#64FE2E")
+        ET.SubElement(g, "Attributes")
+    ET.indent(root)
+    _atomic_write(Path(path), ET.tostring(root, encoding="unicode") + "\n")

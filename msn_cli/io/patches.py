@@ -1,0 +1,169 @@
+"""Patch triplets: the paper's X1 grid and the X2 / X3 context centred on each X1 patch.
+
+This is the one implementation of the triplet geometry; ``tile`` and ``predict`` both use it,
+so training and inference see identical inputs.
+
+Geometry (DESIGN.md §2): ``--levels 16x 4x 1x`` are the relative magnifications of X1, X2, X3.
+X1 is read at the base resolution (level-0 downsample ``s1``: 1, or set by ``--mpp``), X2 at
+``s1 * 16/4`` and X3 at ``s1 * 16/1``. X1 tiles the image left to right, top to bottom, without
+overlap, the last patch of each row and column shifted back inside the image; X2 and X3 share
+X1's centre and are zero-padded outside the image.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from msn_cli.errors import MsnUsageError
+from msn_cli.io.slide import Slide, cut, level_box, read_padded, resample_margin
+
+BRANCHES = ("x1", "x2", "x3")
+
+
+@dataclass(frozen=True)
+class Levels:
+    """Relative magnifications of X1, X2, X3, strictly decreasing.
+
+    Example:
+        >>> Levels.parse(["16x", "4x", "1x"]).magnifications
+        (16.0, 4.0, 1.0)
+        >>> Levels.parse(["16x,4x,1x"]).ratios
+        (1.0, 4.0, 16.0)
+    """
+
+    magnifications: tuple[float, float, float]
+
+    @classmethod
+    def parse(cls, values: Sequence[str] | str) -> Levels:
+        text = values if isinstance(values, str) else " ".join(values)
+        parts = [p for p in re.split(r"[\s,]+", text.strip()) if p]
+        mags = []
+        for part in parts:
+            m = re.fullmatch(r"(\d+(?:\.\d+)?)[xX]?", part)
+            if not m or float(m.group(1)) <= 0:
+                raise MsnUsageError(
+                    "--levels", f"{part!r} is not a magnification like 16x (use e.g. 16x 4x 1x)"
+                )
+            mags.append(float(m.group(1)))
+        if len(mags) != 3:
+            raise MsnUsageError("--levels", f"expected three magnifications, got {len(mags)}")
+        if not (mags[0] > mags[1] > mags[2]):
+            raise MsnUsageError(
+                "--levels", "magnifications must be strictly decreasing: X1 > X2 > X3"
+            )
+        return cls((mags[0], mags[1], mags[2]))
+
+    @property
+    def ratios(self) -> tuple[float, float, float]:
+        """How many times coarser than X1 each branch is: (1, 4, 16) for 16x 4x 1x."""
+        m1 = self.magnifications[0]
+        return tuple(m1 / m for m in self.magnifications)  # type: ignore[return-value]
+
+    def labels(self) -> list[str]:
+        return [f"{m:g}x" for m in self.magnifications]
+
+
+@dataclass(frozen=True)
+class PatchGeometry:
+    """Patch size and the level-0 downsample of each branch."""
+
+    patch_size: int
+    downsamples: tuple[float, float, float]
+
+    @classmethod
+    def create(cls, patch_size: int, levels: Levels, base_downsample: float = 1.0):
+        return cls(patch_size, tuple(base_downsample * r for r in levels.ratios))
+
+    @property
+    def footprint(self) -> float:
+        """Side of an X1 patch in level-0 pixels."""
+        return self.patch_size * self.downsamples[0]
+
+    def grid(self, width: int, height: int) -> np.ndarray:
+        """Top-left level-0 corners (N, 2) of the X1 grid, rows top to bottom."""
+        xs = _axis_positions(width, self.footprint)
+        ys = _axis_positions(height, self.footprint)
+        gx, gy = np.meshgrid(xs, ys)
+        return np.stack([gx.ravel(), gy.ravel()], axis=1)
+
+    def centres(self, corners: np.ndarray) -> np.ndarray:
+        return corners + self.footprint / 2.0
+
+    def origin(self, centre: np.ndarray, branch: int) -> np.ndarray:
+        """Level-0 top-left of branch ``branch`` (0, 1, 2) for patch centres ``centre``."""
+        return centre - self.patch_size * self.downsamples[branch] / 2.0
+
+
+def _axis_positions(extent: int, footprint: float) -> np.ndarray:
+    n = max(1, math.ceil(extent / footprint - 1e-9))
+    pos = np.arange(n, dtype=np.float64) * footprint
+    if n > 1:
+        pos[-1] = max(0.0, extent - footprint)
+    return pos
+
+
+@dataclass
+class Triplets:
+    """Aligned patch triplets: images (n, P, P, 3) and labels (n, P, P) per branch."""
+
+    x: list[np.ndarray]
+    y: list[np.ndarray] | None
+
+
+def extract(
+    slide: Slide,
+    geometry: PatchGeometry,
+    centres: np.ndarray,
+    labels=None,
+) -> Triplets:
+    """Read the triplets for ``centres`` (n, 2): each level's covering box is decoded ONCE.
+
+    ``labels`` is a label source with ``region(x0, y0, downsample, height, width)``; labels are
+    rasterised at each branch's own scale so they stay aligned with their pixels.
+    """
+    p = geometry.patch_size
+    xs: list[np.ndarray] = []
+    ys: list[np.ndarray] = []
+    for b, ds in enumerate(geometry.downsamples):
+        origins = geometry.origin(centres, b)
+        boxes = [level_box(slide, ox, oy, ds, p, p) for ox, oy in origins]
+        level = boxes[0].level
+        lv = slide.levels[level]
+        margin = resample_margin(ds, min(lv.downsample_x, lv.downsample_y))
+        covers = np.array([bx.covering(margin) for bx in boxes])
+        ux0, uy0 = covers[:, 0].min(), covers[:, 1].min()
+        ux1 = (covers[:, 0] + covers[:, 2]).max()
+        uy1 = (covers[:, 1] + covers[:, 3]).max()
+        src = read_padded(slide, level, int(ux0), int(uy0), int(ux1 - ux0), int(uy1 - uy0))
+        out = np.empty((len(boxes), p, p, 3), dtype=np.uint8)
+        for i, bx in enumerate(boxes):
+            out[i] = cut(src, int(ux0), int(uy0), bx, p, p)
+        xs.append(out)
+        if labels is not None:
+            lab = np.empty((len(boxes), p, p), dtype=np.uint8)
+            for i, (ox, oy) in enumerate(origins):
+                lab[i] = labels.region(float(ox), float(oy), ds, p, p)
+            ys.append(lab)
+    return Triplets(xs, ys if labels is not None else None)
+
+
+def region_blocks(corners: np.ndarray, geometry: PatchGeometry, block: int) -> list[np.ndarray]:
+    """Split kept patches into spatial blocks of about ``block`` x ``block`` X1 patches.
+
+    Returns index arrays into ``corners`` in block raster order, each in raster order inside
+    the block, so that the concatenation is a fixed, deterministic patch order.
+    """
+    if len(corners) == 0:
+        return []
+    side = geometry.footprint * block
+    bx = np.floor(corners[:, 0] / side).astype(np.int64)
+    by = np.floor(corners[:, 1] / side).astype(np.int64)
+    order = np.lexsort((corners[:, 0], corners[:, 1], bx, by))
+    keys = by[order] * (bx.max() + 1) + bx[order]
+    splits = np.flatnonzero(np.diff(keys)) + 1
+    return np.split(order, splits)

@@ -1,0 +1,253 @@
+"""Label vocabulary (class-name matching, ignore label), labelled polygons and their rasterisation.
+
+One coordinate convention for every label source (see :class:`LabelSource`): level-0 pixel
+coordinates, x to the right, y down; the level-0 image covers ``[0, width) x [0, height)``.
+A region is a grid of output pixels; output pixel ``(r, c)`` covers the level-0 square starting at
+``(x0 + c * downsample, y0 + r * downsample)`` and takes the label found at its centre
+``(x0 + (c + 0.5) * downsample, y0 + (r + 0.5) * downsample)``.
+
+Polygon fill is the even-odd rule over all rings of a polygon (exterior and holes together), so
+holes need no particular orientation and self-intersecting rings do not crash. A centre lying
+exactly on an edge is inside for left/top edges and outside for right/bottom ones (half-open
+``[xmin, xmax) x [ymin, ymax)`` for an axis-aligned square), so polygons sharing an edge neither
+overlap nor leave a gap.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from msn_cli.errors import MsnError, MsnUsageError
+
+IGNORE = 255
+"""Label of pixels outside the image (and of unannotated pixels with ``background=IGNORE``)."""
+
+
+BACH_CLASSES = ("normal", "benign", "in situ", "invasive")
+BACH_ALIASES: dict[str, str] = {
+    "carcinoma in situ": "in situ",
+    "in situ carcinoma": "in situ",
+    "invasive carcinoma": "invasive",
+}
+"""Default aliases: BACH's XML group names to the short class names."""
+
+
+def _norm(name: str) -> str:
+    return " ".join(name.split()).casefold()
+
+
+def match_class(
+    name: str,
+    classes: Sequence[str],
+    aliases: Mapping[str, str] | None = None,
+    path: str | os.PathLike[str] | None = None,
+    where: str = "",
+    *,
+    usage: bool = False,
+) -> int:
+    """Index of ``name`` in ``classes`` (case/whitespace-insensitive, aliases applied) or MsnError.
+
+    Example:
+        >>> match_class(" Carcinoma in situ", BACH_CLASSES)
+        2
+    """
+    known = {_norm(c): i for i, c in enumerate(classes)}
+    table = {_norm(k): _norm(v) for k, v in (BACH_ALIASES if aliases is None else aliases).items()}
+    key = _norm(name)
+    key = key if key in known else table.get(key, key)
+    if key in known:
+        return known[key]
+    err = MsnUsageError if usage else MsnError
+    prefix = f"{where}: " if where else ""
+    raise err(path, f"{prefix}unknown class {name!r} (known classes: {', '.join(classes)})")
+
+
+@runtime_checkable
+class LabelSource(Protocol):
+    """Anything that answers "which class is at each pixel of this region?".
+
+    Example:
+        >>> src.region(x0=1024.0, y0=2048.0, downsample=4.0, height=256, width=256).shape
+        (256, 256)
+    """
+
+    image_size: tuple[int, int]
+    """Level-0 ``(width, height)`` of the slide the labels belong to."""
+
+    def region(
+        self, x0: float, y0: float, downsample: float, height: int, width: int
+    ) -> np.ndarray:
+        """uint8 ``(height, width)`` class indices; 255 outside the image (see module doc)."""
+        ...
+
+
+@dataclass(frozen=True, eq=False)
+class LabelledPolygon:
+    """One polygon (exterior ring plus optional holes) with its class.
+
+    Rings are ``(n, 2)`` float64 arrays of level-0 ``x, y``; closing the ring (repeating the first
+    point) is optional. A GeoJSON MultiPolygon becomes one ``LabelledPolygon`` per part.
+
+    Example:
+        >>> sq = np.array([[10, 10], [20, 10], [20, 20], [10, 20]], float)
+        >>> LabelledPolygon(label=1, name="benign", exterior=sq).bounds
+        (10.0, 10.0, 20.0, 20.0)
+    """
+
+    label: int
+    name: str
+    exterior: np.ndarray
+    holes: tuple[np.ndarray, ...] = ()
+    _edges: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        rings = [
+            np.asarray(r, dtype=np.float64).reshape(-1, 2) for r in (self.exterior, *self.holes)
+        ]
+        if not len(rings[0]):
+            raise ValueError("a polygon needs at least one exterior point")
+        object.__setattr__(self, "exterior", rings[0])
+        object.__setattr__(self, "holes", tuple(rings[1:]))
+        # Edges of all rings as rows (xa, ya, xb, yb), each ring closed.
+        edges = [np.hstack([r, np.roll(r, -1, axis=0)]) for r in rings if len(r)]
+        object.__setattr__(self, "_edges", np.vstack(edges) if edges else np.zeros((0, 4)))
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """``(xmin, ymin, xmax, ymax)`` over all rings."""
+        pts = self._edges[:, :2]
+        lo, hi = pts.min(axis=0), pts.max(axis=0)
+        return float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])
+
+
+def _first_index_at_or_after(v: np.ndarray | float, origin: float, step: float) -> np.ndarray:
+    """Smallest output index whose pixel centre ``origin + (i + 0.5) * step`` is >= ``v``."""
+    return np.ceil((np.asarray(v, dtype=np.float64) - origin) / step - 0.5).astype(np.int64)
+
+
+def fill_polygon(
+    edges: np.ndarray, x0: float, y0: float, downsample: float, height: int, width: int
+) -> np.ndarray:
+    """Even-odd coverage (bool ``(height, width)``) of the polygon given by its ``edges``.
+
+    Vectorised scanline: every edge is expanded into the rows whose centre line it crosses
+    (half-open in y), each crossing toggles the parity from the first column whose centre lies at
+    or right of it, and a cumulative sum along the row gives the parity of every pixel.
+    """
+    out = np.zeros((height, width), dtype=bool)
+    if not len(edges) or height <= 0 or width <= 0:
+        return out
+    xa, ya, xb, yb = edges.T
+    lo, hi = np.minimum(ya, yb), np.maximum(ya, yb)
+    r_lo = np.clip(_first_index_at_or_after(lo, y0, downsample), 0, height)
+    r_hi = np.clip(_first_index_at_or_after(hi, y0, downsample), 0, height)
+    n_rows = r_hi - r_lo  # horizontal edges and edges outside the region give 0
+    keep = n_rows > 0
+    if not keep.any():
+        return out
+    xa, ya, xb, yb, r_lo, n_rows = xa[keep], ya[keep], xb[keep], yb[keep], r_lo[keep], n_rows[keep]
+    total = int(n_rows.sum())
+    edge_of = np.repeat(np.arange(len(n_rows)), n_rows)
+    starts = np.cumsum(n_rows) - n_rows
+    rows = r_lo[edge_of] + (np.arange(total) - starts[edge_of])
+    y = y0 + (rows + 0.5) * downsample
+    t = (y - ya[edge_of]) / (yb[edge_of] - ya[edge_of])
+    x = xa[edge_of] + t * (xb[edge_of] - xa[edge_of])
+    cols = np.clip(_first_index_at_or_after(x, x0, downsample), 0, width)
+    toggles = np.bincount(rows * (width + 1) + cols, minlength=height * (width + 1))
+    parity = np.cumsum(toggles.reshape(height, width + 1)[:, :width], axis=1) & 1
+    return parity.astype(bool)
+
+
+def inside_image(
+    image_size: tuple[int, int], x0: float, y0: float, downsample: float, height: int, width: int
+) -> tuple[slice, slice]:
+    """Rows and columns of a region whose pixel centres lie inside the level-0 image."""
+    w, h = image_size
+    r = np.clip(_first_index_at_or_after(np.array([0.0, h]), y0, downsample), 0, height)
+    c = np.clip(_first_index_at_or_after(np.array([0.0, w]), x0, downsample), 0, width)
+    return slice(int(r[0]), int(r[1])), slice(int(c[0]), int(c[1]))
+
+
+def _check_region(downsample: float, height: int, width: int) -> None:
+    if not (math.isfinite(downsample) and downsample > 0) or height < 0 or width < 0:
+        raise ValueError(f"bad region: downsample={downsample}, size={width}x{height}")
+
+
+class PolygonLabels:
+    """A :class:`LabelSource` painting polygons in order (later ones over earlier ones).
+
+    ``background`` is the label of image pixels no polygon covers: 0 (BACH "normal") or
+    :data:`IGNORE` for "unannotated = ignore". A hole reverts to whatever lay under its polygon.
+
+    Example:
+        >>> labels = PolygonLabels(polygons, image_size=(2048, 1536), background=0)
+        >>> y = labels.region(0.0, 0.0, 8.0, 192, 256)
+    """
+
+    def __init__(
+        self,
+        polygons: Sequence[LabelledPolygon],
+        image_size: tuple[int, int],
+        background: int = 0,
+    ) -> None:
+        self.polygons = list(polygons)
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+        self.background = int(background)
+        if not 0 <= self.background <= 255:
+            raise ValueError(f"background must be in 0..255, got {background}")
+        self._bounds = np.array([p.bounds for p in self.polygons], dtype=np.float64).reshape(-1, 4)
+
+    def region(
+        self, x0: float, y0: float, downsample: float, height: int, width: int
+    ) -> np.ndarray:
+        _check_region(downsample, height, width)
+        out = np.full((height, width), IGNORE, dtype=np.uint8)
+        rows, cols = inside_image(self.image_size, x0, y0, downsample, height, width)
+        out[rows, cols] = self.background
+        x1, y1 = x0 + width * downsample, y0 + height * downsample
+        b = self._bounds
+        hit = (b[:, 2] >= x0) & (b[:, 0] <= x1) & (b[:, 3] >= y0) & (b[:, 1] <= y1)
+        for i in np.flatnonzero(hit):
+            poly = self.polygons[i]
+            xmin, ymin, xmax, ymax = b[i]
+            # Sub-window of in-image output pixels whose centres can fall inside this polygon.
+            ra, rb = _first_index_at_or_after(np.array([ymin, ymax]), y0, downsample)
+            ca, cb = _first_index_at_or_after(np.array([xmin, xmax]), x0, downsample)
+            ra, rb = max(int(ra), rows.start), min(int(rb), rows.stop)
+            ca, cb = max(int(ca), cols.start), min(int(cb), cols.stop)
+            if ra >= rb or ca >= cb:
+                continue
+            mask = fill_polygon(
+                poly._edges,
+                x0 + ca * downsample,
+                y0 + ra * downsample,
+                downsample,
+                rb - ra,
+                cb - ca,
+            )
+            out[ra:rb, ca:cb][mask] = poly.label
+        return out
+
+
+def out_of_bounds(polygons: Sequence[LabelledPolygon], image_size: tuple[int, int]) -> int:
+    """Number of polygons extending outside the level-0 image ``(width, height)``.
+
+    Their outside parts are ignored by :meth:`PolygonLabels.region` (label 255); the CLI warns.
+    """
+    w, h = image_size
+    return sum(1 for p in polygons if (b := p.bounds)[0] < 0 or b[1] < 0 or b[2] > w or b[3] > h)
+
+
+def entirely_outside(polygons: Sequence[LabelledPolygon], image_size: tuple[int, int]) -> int:
+    """Number of polygons whose bounding box does not meet the image at all."""
+    w, h = image_size
+    return sum(
+        1 for p in polygons if (b := p.bounds)[2] <= 0 or b[3] <= 0 or b[0] >= w or b[1] >= h
+    )

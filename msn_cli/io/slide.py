@@ -1,0 +1,389 @@
+"""Opening slides: every OpenSlide format, OME-TIFF and other TIFFs through tifffile, and plain
+images (JPEG, PNG, ...) with a virtual pyramid.
+
+All readers share one small interface, :class:`Slide`, and one reading primitive,
+:func:`read_scaled`, which returns the pixels of a level-0 box at any (non-integer) downsample.
+``tile`` and ``predict`` read through it, so training and inference see identical inputs.
+
+Coordinates are level-0 pixels, x right and y down. Pixels outside the image are 0 (the paper
+zero-pads); transparent pixels inside the image (unscanned areas of some formats) are white.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from msn_cli.errors import MsnError
+
+#: A pyramid level is used for a target downsample when its own downsample is at most this much
+#: coarser than the target (scanners round: 4.016 for 4), so we never decode a 16x finer level for
+#: a 0.4% difference. The remaining difference is resampled exactly.
+LEVEL_TOLERANCE = 1.02
+
+#: Our own limit on the pixels of a plain (non-tiled) image, which must be decoded whole.
+#: Pillow's decompression-bomb guard (89 Mpx) would refuse legitimate large photographs; ours is
+#: 1 Gpx (3 GiB of RGB), beyond which an image must come as a tiled TIFF.
+MAX_PLAIN_IMAGE_PIXELS = 1 << 30
+
+PLAIN_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
+TIFF_SUFFIXES = {".tif", ".tiff", ".btf", ".tf8"}
+
+
+@dataclass(frozen=True)
+class LevelInfo:
+    """Size and level-0 downsample (per axis) of one pyramid level."""
+
+    width: int
+    height: int
+    downsample_x: float
+    downsample_y: float
+
+
+class Slide:
+    """A multi-resolution image. Subclasses implement :meth:`read_level`."""
+
+    path: Path
+    levels: list[LevelInfo]
+    mpp: float | None
+    vendor: str
+
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        return self.levels[0].width, self.levels[0].height
+
+    def read_level(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
+        """RGB uint8 (height, width, 3) of a box in *level* pixels, inside the level bounds."""
+        raise NotImplementedError
+
+    def best_level(self, downsample: float) -> int:
+        """The coarsest level whose downsample is at most ``downsample`` (within tolerance)."""
+        best = 0
+        for i, lv in enumerate(self.levels):
+            if max(lv.downsample_x, lv.downsample_y) <= downsample * LEVEL_TOLERANCE:
+                best = i
+        return best
+
+    def close(self) -> None:  # pragma: no cover - trivial
+        pass
+
+
+class OpenSlideSlide(Slide):
+    """Any format OpenSlide reads (SVS, NDPI, MRXS, SCN, generic tiled TIFF, ...)."""
+
+    def __init__(self, path: Path, osr) -> None:
+        self.path = path
+        self._osr = osr
+        self.vendor = osr.properties.get("openslide.vendor", "openslide")
+        w0, h0 = osr.level_dimensions[0]
+        self.levels = [LevelInfo(w, h, w0 / w, h0 / h) for (w, h) in osr.level_dimensions]
+        self._ds = [float(d) for d in osr.level_downsamples]
+        self.mpp = _parse_mpp(osr.properties.get("openslide.mpp-x"))
+
+    def read_level(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
+        import openslide
+
+        # OpenSlide takes the location in level-0 pixels and divides by its own downsample.
+        ds = self._ds[level]
+        loc = (int(round(x * ds)), int(round(y * ds)))
+        try:
+            img = self._osr.read_region(loc, level, (width, height))
+        except openslide.OpenSlideError as exc:
+            raise MsnError(self.path, f"cannot decode level {level} at {loc}: {exc}") from exc
+        rgba = np.asarray(img)
+        rgb = rgba[..., :3].copy()
+        rgb[rgba[..., 3] == 0] = 255
+        return rgb
+
+    def close(self) -> None:
+        self._osr.close()
+
+
+class TiffSlide(Slide):
+    """OME-TIFF and other TIFFs that OpenSlide does not open, read lazily through tifffile."""
+
+    def __init__(self, path: Path) -> None:
+        import tifffile
+        import zarr
+
+        self.path = path
+        self.vendor = "tifffile"
+        self._tif = tifffile.TiffFile(path)
+        series = self._tif.series[0]
+        self._axes = series.axes
+        self._arrays = []
+        store = series.aszarr()
+        root = zarr.open(store, mode="r")
+        arrays = [root] if hasattr(root, "shape") else [root[str(i)] for i in range(len(root))]
+        for arr, lvl in zip(arrays, series.levels, strict=False):
+            self._arrays.append((arr, lvl.axes))
+        self.levels = []
+        w0 = h0 = None
+        for arr, axes in self._arrays:
+            h, w = arr.shape[axes.index("Y")], arr.shape[axes.index("X")]
+            if w0 is None:
+                w0, h0 = w, h
+            self.levels.append(LevelInfo(w, h, w0 / w, h0 / h))
+        if "S" not in self._axes and "C" not in self._axes:
+            raise MsnError(path, f"unsupported TIFF layout {self._axes!r}: expected RGB samples")
+        self.mpp = _tiff_mpp(self._tif.pages[0])
+
+    def read_level(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
+        arr, axes = self._arrays[level]
+        index = []
+        for ax in axes:
+            if ax == "Y":
+                index.append(slice(y, y + height))
+            elif ax == "X":
+                index.append(slice(x, x + width))
+            elif ax in "SC":
+                index.append(slice(0, 3))
+            else:
+                index.append(0)
+        try:
+            data = np.asarray(arr[tuple(index)])
+        except Exception as exc:  # decoder errors come in many types
+            raise MsnError(self.path, f"cannot decode level {level}: {exc}") from exc
+        kept = [ax for ax in axes if ax in "YXSC"]
+        order = [kept.index("Y"), kept.index("X"), kept.index("S" if "S" in kept else "C")]
+        data = np.transpose(data, order)
+        return _to_uint8_rgb(data, self.path)
+
+    def close(self) -> None:
+        self._tif.close()
+
+
+class ImageSlide(Slide):
+    """A plain image decoded whole, with a virtual pyramid made by resampling on demand."""
+
+    def __init__(self, path: Path) -> None:
+        from PIL import Image
+
+        self.path = path
+        self.vendor = "image"
+        old_limit = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = MAX_PLAIN_IMAGE_PIXELS
+        try:
+            with Image.open(path) as img:
+                w, h = img.size
+                self._pixels = np.asarray(img.convert("RGB"))
+                dpi = img.info.get("dpi")
+        except Image.DecompressionBombError as exc:
+            raise MsnError(
+                path,
+                f"image has more than {MAX_PLAIN_IMAGE_PIXELS} pixels; convert it to a tiled "
+                "pyramidal TIFF",
+            ) from exc
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise MsnError(path, f"cannot decode image: {exc}") from exc
+        finally:
+            Image.MAX_IMAGE_PIXELS = old_limit
+        self.levels = [LevelInfo(w, h, 1.0, 1.0)]
+        self.mpp = _dpi_to_mpp(dpi)
+
+    def read_level(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
+        return self._pixels[y : y + height, x : x + width]
+
+
+def open_slide(path: str | os.PathLike[str]) -> Slide:
+    """Open ``path`` with the first reader that supports it, or raise a one-line MsnError."""
+    p = Path(path)
+    if not p.exists():
+        raise MsnError(p, "no such file")
+    if p.is_file() and p.stat().st_size == 0:
+        raise MsnError(p, "file is empty")
+    suffix = p.suffix.lower()
+    name = p.name.lower()
+    if suffix in PLAIN_SUFFIXES:
+        return ImageSlide(p)
+    is_ome = name.endswith((".ome.tif", ".ome.tiff"))
+    if not is_ome:
+        import openslide
+
+        try:
+            fmt = openslide.OpenSlide.detect_format(str(p))
+        except openslide.OpenSlideError as exc:
+            raise MsnError(p, f"OpenSlide cannot read it: {exc}") from exc
+        if fmt is not None:
+            try:
+                return OpenSlideSlide(p, openslide.OpenSlide(str(p)))
+            except openslide.OpenSlideError as exc:
+                raise MsnError(p, f"OpenSlide cannot open it ({fmt}): {exc}") from exc
+    if suffix in TIFF_SUFFIXES:
+        try:
+            return TiffSlide(p)
+        except MsnError:
+            raise
+        except Exception as exc:
+            raise MsnError(p, f"not a readable TIFF: {exc}") from exc
+    raise MsnError(p, "not a slide format msn can open (OpenSlide formats, TIFF, JPEG, PNG)")
+
+
+@dataclass(frozen=True)
+class LevelBox:
+    """Where a level-0 box at some downsample lies on the pyramid level chosen to read it."""
+
+    level: int
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+
+    def covering(self, margin: int) -> tuple[int, int, int, int]:
+        """Integer level box (x, y, width, height) covering this one plus ``margin`` pixels."""
+        ix0, iy0 = math.floor(self.x0) - margin, math.floor(self.y0) - margin
+        ix1, iy1 = math.ceil(self.x1) + margin, math.ceil(self.y1) + margin
+        return ix0, iy0, ix1 - ix0, iy1 - iy0
+
+
+def level_box(slide: Slide, x0: float, y0: float, downsample: float, width: int, height: int):
+    """The level to read a box from (at or just finer than ``downsample``) and the box on it."""
+    level = slide.best_level(downsample)
+    lv = slide.levels[level]
+    return LevelBox(
+        level,
+        x0 / lv.downsample_x,
+        y0 / lv.downsample_y,
+        (x0 + width * downsample) / lv.downsample_x,
+        (y0 + height * downsample) / lv.downsample_y,
+    )
+
+
+def resample_margin(downsample: float, level_downsample: float) -> int:
+    """Source pixels needed around a box so that the filter never sees the array's border."""
+    return int(math.ceil(downsample / level_downsample)) + 1
+
+
+def cut(src: np.ndarray, ox: int, oy: int, box: LevelBox, width: int, height: int) -> np.ndarray:
+    """The pixels of ``box`` at (height, width) from level pixels ``src`` whose (0, 0) is (ox, oy).
+
+    An integer-aligned box at the level's own scale is sliced (exact); any other box is
+    resampled once from the level's pixels (sub-pixel exact bilinear, antialiased when reducing).
+    """
+    bx0, by0 = box.x0 - ox, box.y0 - oy
+    sx, sy = (box.x1 - box.x0) / width, (box.y1 - box.y0) / height
+    if abs(sx - 1) < 1e-9 and abs(sy - 1) < 1e-9 and _is_int(bx0) and _is_int(by0):
+        ix, iy = int(round(bx0)), int(round(by0))
+        return src[iy : iy + height, ix : ix + width]
+    return resample(src, (bx0, by0, box.x1 - ox, box.y1 - oy), width, height)
+
+
+def read_scaled(
+    slide: Slide, x0: float, y0: float, downsample: float, width: int, height: int
+) -> np.ndarray:
+    """Pixels of the level-0 box starting at (x0, y0) at ``downsample``, as (height, width, 3).
+
+    Output pixel (r, c) covers level 0 from (x0 + c*downsample, y0 + r*downsample). The box may
+    extend beyond the image (zeros there). Reads the best level once and resamples the rest.
+    """
+    box = level_box(slide, x0, y0, downsample, width, height)
+    lv = slide.levels[box.level]
+    ix, iy, w, h = box.covering(resample_margin(downsample, min(lv.downsample_x, lv.downsample_y)))
+    src = read_padded(slide, box.level, ix, iy, w, h)
+    return cut(src, ix, iy, box, width, height)
+
+
+def resample(src: np.ndarray, box: tuple[float, float, float, float], width: int, height: int):
+    """Resample the float ``box`` of ``src`` to (height, width) with antialiased bilinear."""
+    from PIL import Image
+
+    img = Image.fromarray(np.ascontiguousarray(src))
+    out = img.resize((width, height), Image.Resampling.BILINEAR, box=box)
+    return np.asarray(out)
+
+
+def read_padded(slide: Slide, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
+    """Read a level box that may extend past the level's bounds (zeros there)."""
+    lv = slide.levels[level]
+    out = np.zeros((height, width, 3), dtype=np.uint8)
+    cx0, cy0 = max(x, 0), max(y, 0)
+    cx1, cy1 = min(x + width, lv.width), min(y + height, lv.height)
+    if cx1 > cx0 and cy1 > cy0:
+        data = slide.read_level(level, cx0, cy0, cx1 - cx0, cy1 - cy0)
+        out[cy0 - y : cy1 - y, cx0 - x : cx1 - x] = data
+    return out
+
+
+def fingerprint(path: str | os.PathLike[str], sample: int = 1 << 20, samples: int = 16) -> str:
+    """A content fingerprint: SHA-256 of the size and of evenly spaced 1 MiB samples.
+
+    Changes whenever the file is rewritten with other content, without reading a whole 3 GB
+    slide. Directories (MRXS data folders) are fingerprinted file by file.
+    """
+    p = Path(path)
+    h = hashlib.sha256()
+    files = [p] + (sorted(q for q in p.parent.glob(p.stem + "/*") if q.is_file()))
+    for f in files:
+        size = f.stat().st_size
+        h.update(f"{f.name}:{size};".encode())
+        with open(f, "rb") as fh:
+            if size <= sample * samples:
+                h.update(fh.read())
+            else:
+                step = (size - sample) / (samples - 1)
+                for i in range(samples):
+                    fh.seek(int(i * step))
+                    h.update(fh.read(sample))
+    return h.hexdigest()[:32]
+
+
+_local = threading.local()
+
+
+def cached_slide(path: str | os.PathLike[str]) -> Slide:
+    """One open handle per thread and path (readers are reused across regions)."""
+    cache = getattr(_local, "slides", None)
+    if cache is None:
+        cache = _local.slides = {}
+    key = str(path)
+    if key not in cache:
+        cache[key] = open_slide(path)
+    return cache[key]
+
+
+def _is_int(v: float) -> bool:
+    return abs(v - round(v)) < 1e-6
+
+
+def _parse_mpp(value) -> float | None:
+    try:
+        mpp = float(value)
+    except (TypeError, ValueError):
+        return None
+    return mpp if math.isfinite(mpp) and mpp > 0 else None
+
+
+def _tiff_mpp(page) -> float | None:
+    tags = page.tags
+    if "XResolution" not in tags:
+        return None
+    num, den = tags["XResolution"].value
+    unit = tags["ResolutionUnit"].value if "ResolutionUnit" in tags else 2
+    if not num or not den:
+        return None
+    per_unit = num / den
+    microns = {2: 25400.0, 3: 10000.0}.get(int(unit))
+    return _parse_mpp(microns / per_unit) if microns else None
+
+
+def _dpi_to_mpp(dpi) -> float | None:
+    if not dpi:
+        return None
+    try:
+        return _parse_mpp(25400.0 / float(dpi[0]))
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None
+
+
+def _to_uint8_rgb(data: np.ndarray, path: Path) -> np.ndarray:
+    if data.dtype == np.uint8:
+        return np.ascontiguousarray(data[..., :3])
+    if data.dtype == np.uint16:
+        return np.ascontiguousarray((data[..., :3] >> 8).astype(np.uint8))
+    raise MsnError(path, f"unsupported pixel type {data.dtype}: expected 8- or 16-bit RGB")

@@ -1,0 +1,278 @@
+"""The patch store (DESIGN.md §1): the only module that knows its layout.
+
+A Zarr v3 group. Root attributes ``msn_store`` hold the schema version, patch size, the three
+relative magnifications, the class names and the ignore label. One child group per slide,
+written by exactly one process, holds N aligned patch triplets::
+
+    x1 x2 x3   uint8   (N, P, P, 3)   images at the three magnifications
+    y1 y2 y3   uint8   (N, P, P)      class indices, 255 = ignore
+    centers    float64 (N, 2)         level-0 x, y of the shared patch centre
+    tissue     float32 (N,)           tissue fraction of the X1 patch
+
+One patch per chunk, ``SHARD_PATCHES`` chunks per shard file. Slide attributes (``msn_slide``)
+name the source, its fingerprint, the split, level-0 size, mpp, each branch's level-0
+downsample, the patch count, the tiling parameters and ``complete``, which is set last: readers
+only ever see complete slides.
+
+Example:
+    >>> spec = StoreSpec(256, (16.0, 4.0, 1.0), ("normal", "benign", "in situ", "invasive"))
+    >>> store = PatchStore.create(tmp_path / "store.zarr", spec)  # doctest: +SKIP
+    >>> [s.name for s in store.slides("train")]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from msn_cli.errors import MsnError
+
+SCHEMA_VERSION = 1
+IGNORE_LABEL = 255
+SPLITS = ("train", "sub-train", "test")
+IMAGES = ("x1", "x2", "x3")
+LABELS = ("y1", "y2", "y3")
+SHARD_PATCHES = 64
+_ROOT_KEY = "msn_store"
+_SLIDE_KEY = "msn_slide"
+
+
+@dataclass(frozen=True)
+class StoreSpec:
+    """What every slide of a store shares; a store refuses slides made otherwise."""
+
+    patch_size: int
+    magnifications: tuple[float, float, float]
+    classes: tuple[str, ...]
+    ignore_label: int = IGNORE_LABEL
+    schema_version: int = SCHEMA_VERSION
+
+    def to_attrs(self) -> dict[str, Any]:
+        return {
+            "schema_version": self.schema_version,
+            "patch_size": self.patch_size,
+            "magnifications": list(self.magnifications),
+            "classes": list(self.classes),
+            "ignore_label": self.ignore_label,
+        }
+
+    @classmethod
+    def from_attrs(cls, attrs: dict[str, Any]) -> StoreSpec:
+        return cls(
+            int(attrs["patch_size"]),
+            tuple(float(m) for m in attrs["magnifications"]),  # type: ignore[arg-type]
+            tuple(attrs["classes"]),
+            int(attrs.get("ignore_label", IGNORE_LABEL)),
+            int(attrs["schema_version"]),
+        )
+
+    def mismatch(self, other: StoreSpec) -> str | None:
+        """Why ``other`` cannot share a store with this spec, or None."""
+        for name in ("schema_version", "patch_size", "magnifications", "classes"):
+            a, b = getattr(self, name), getattr(other, name)
+            if a != b:
+                return f"store has {name} {_fmt(a)}, not {_fmt(b)}"
+        return None
+
+
+@dataclass
+class SlideRecord:
+    """One slide group: typed read-only views of its attributes."""
+
+    name: str
+    attrs: dict[str, Any]
+    group: Any = field(repr=False)
+
+    source = property(lambda self: self.attrs["source"])
+    fingerprint = property(lambda self: self.attrs["fingerprint"])
+    split = property(lambda self: self.attrs["split"])
+    size = property(lambda self: tuple(self.attrs["size"]))
+    mpp = property(lambda self: self.attrs.get("mpp"))
+    downsamples = property(lambda self: tuple(self.attrs["downsamples"]))
+    params = property(lambda self: self.attrs.get("params", {}))
+    complete = property(lambda self: bool(self.attrs.get("complete")))
+    #: Pixel count of each label value of y1 (index 255: ignore), recorded by ``tile``.
+    label_pixels = property(lambda self: list(self.attrs.get("label_pixels", [])))
+
+    @property
+    def n_patches(self) -> int:
+        return int(self.attrs.get("n_patches", 0))
+
+    def array(self, name: str):
+        return self.group[name]
+
+    def read(self, name: str, index) -> np.ndarray:
+        """Read ``index`` (an int, a slice or a sorted index array) of one array."""
+        arr = self.group[name]
+        if isinstance(index, np.ndarray):
+            return arr.get_orthogonal_selection((index,))
+        return arr[index]
+
+
+class PatchStore:
+    """An open patch store. Create with :meth:`create` (idempotent) or :meth:`open`."""
+
+    def __init__(self, url: str, root, spec: StoreSpec) -> None:
+        self.url = url
+        self.root = root
+        self.spec = spec
+
+    # -- opening ---------------------------------------------------------------------------
+    @classmethod
+    def create(cls, url: str | Path, spec: StoreSpec) -> PatchStore:
+        """Open the store at ``url``, creating it if absent; refuse an incompatible one.
+
+        Safe when several processes create the same store at once: the root metadata is
+        identical bytes whoever writes it.
+        """
+        import zarr
+
+        url = str(url)
+        try:
+            root = zarr.open_group(url, mode="a")
+        except Exception as exc:
+            raise MsnError(url, f"cannot open or create the store: {exc}") from exc
+        attrs = dict(root.attrs)
+        if _ROOT_KEY not in attrs:
+            if any(True for _ in root.group_keys()):
+                raise MsnError(url, "not an msn patch store (no msn_store attributes)")
+            root.attrs.update({_ROOT_KEY: spec.to_attrs()})
+            return cls(url, root, spec)
+        existing = _spec_or_fail(url, attrs)
+        why = existing.mismatch(spec)
+        if why:
+            raise MsnError(url, f"{why}; use another --store or the store's settings")
+        return cls(url, root, existing)
+
+    @classmethod
+    def open(cls, url: str | Path, mode: str = "r") -> PatchStore:
+        """Open an existing store (read-only by default)."""
+        import zarr
+
+        url = str(url)
+        if "://" not in url and not Path(url).exists():
+            raise MsnError(url, "no such patch store; create it with `msn tile`")
+        try:
+            root = zarr.open_group(url, mode=mode)
+        except Exception as exc:
+            raise MsnError(url, f"not a readable Zarr store: {exc}") from exc
+        return cls(url, root, _spec_or_fail(url, dict(root.attrs)))
+
+    # -- reading ---------------------------------------------------------------------------
+    def slides(self, split: str | None = None, complete_only: bool = True) -> list[SlideRecord]:
+        """Slides in name order, of one split if given, complete ones only by default."""
+        if split is not None and split not in SPLITS:
+            raise MsnError(self.url, f"unknown split {split!r}; expected one of {SPLITS}")
+        out = []
+        for name in sorted(self.root.group_keys()):
+            rec = self.slide(name)
+            if rec is None or (complete_only and not rec.complete):
+                continue
+            if split is None or rec.split == split:
+                out.append(rec)
+        return out
+
+    def slide(self, name: str) -> SlideRecord | None:
+        """The slide group ``name``, or None if absent or unreadable (e.g. killed mid-write)."""
+        try:
+            group = self.root[name]
+            attrs = dict(group.attrs).get(_SLIDE_KEY)
+        except Exception:
+            return None
+        if not isinstance(attrs, dict):
+            return None
+        return SlideRecord(name, attrs, group)
+
+    # -- writing ---------------------------------------------------------------------------
+    def begin_slide(self, name: str, attrs: dict[str, Any], n: int) -> SlideWriter:
+        """Replace any group ``name`` with an empty, incomplete one sized for ``n`` patches."""
+        if name in set(self.root.group_keys()):
+            del self.root[name]
+        group = self.root.create_group(name)
+        group.attrs.update({_SLIDE_KEY: {**attrs, "complete": False, "n_patches": n}})
+        p = self.spec.patch_size
+        shapes = {
+            **{k: ((n, p, p, 3), (1, p, p, 3)) for k in IMAGES},
+            **{k: ((n, p, p), (1, p, p)) for k in LABELS},
+        }
+        for key, (shape, chunk) in shapes.items():
+            shard = (SHARD_PATCHES, *chunk[1:])
+            group.create_array(
+                key,
+                shape=shape,
+                chunks=chunk,
+                shards=shard,
+                dtype="uint8",
+                fill_value=0,
+                compressors=_compressor(),
+            )
+        group.create_array("centers", shape=(n, 2), chunks=(max(n, 1), 2), dtype="float64")
+        group.create_array("tissue", shape=(n,), chunks=(max(n, 1),), dtype="float32")
+        return SlideWriter(group, n)
+
+
+class SlideWriter:
+    """Writes one slide's arrays in shard-aligned blocks, then marks the slide complete."""
+
+    def __init__(self, group, n: int) -> None:
+        self.group = group
+        self.n = n
+
+    def write(self, start: int, x: Sequence[np.ndarray], y: Sequence[np.ndarray]) -> None:
+        stop = start + len(x[0])
+        for key, data in zip(IMAGES, x, strict=True):
+            self.group[key][start:stop] = data
+        for key, data in zip(LABELS, y, strict=True):
+            self.group[key][start:stop] = data
+
+    def finish(self, centers: np.ndarray, tissue: np.ndarray, **extra: Any) -> None:
+        """Write the per-patch tables, then set ``complete`` (last, in one metadata write)."""
+        if len(centers):
+            self.group["centers"][:] = centers
+            self.group["tissue"][:] = tissue
+        attrs = dict(self.group.attrs)[_SLIDE_KEY]
+        self.group.attrs.update({_SLIDE_KEY: {**attrs, **extra, "complete": True}})
+
+
+def slide_name(path: str | Path) -> str:
+    """The group name of a slide: its file name without the extension(s), made safe."""
+    name = Path(path).name
+    for suffix in (".ome.tiff", ".ome.tif"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    else:
+        name = Path(name).stem
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name) or "slide"
+
+
+def _compressor():
+    from zarr.codecs import ZstdCodec
+
+    return ZstdCodec(level=1)
+
+
+def _spec_or_fail(url: str, attrs: dict[str, Any]) -> StoreSpec:
+    raw = attrs.get(_ROOT_KEY)
+    if not isinstance(raw, dict):
+        raise MsnError(url, "not an msn patch store (no msn_store attributes)")
+    try:
+        spec = StoreSpec.from_attrs(raw)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise MsnError(url, f"corrupt store attributes: {exc}") from exc
+    if spec.schema_version != SCHEMA_VERSION:
+        raise MsnError(
+            url, f"store schema version {spec.schema_version}; this msn reads {SCHEMA_VERSION}"
+        )
+    return spec
+
+
+def _fmt(v) -> str:
+    if isinstance(v, tuple | list):
+        return ",".join(f"{x:g}" if isinstance(x, float) else str(x) for x in v)
+    return str(v)

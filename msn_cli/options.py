@@ -1,0 +1,107 @@
+"""Command-line options shared by several commands: one definition each.
+
+Each is an ``Annotated`` type, so a command declares ``store: StoreOpt = DEFAULT_STORE``.
+Parsing helpers here turn raw option text into checked values (never inside stages).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+import typer
+
+from msn_cli.errors import MsnUsageError
+
+DEFAULT_STORE = "msn-store.zarr"
+DEFAULT_CHECKPOINTS = "checkpoints"
+DEFAULT_CLASSES = "normal,benign,in situ,invasive"
+
+StoreOpt = Annotated[
+    str,
+    typer.Option(
+        "--store",
+        envvar="MSN_STORE",
+        help="Patch store: a folder path or any fsspec URL zarr accepts (s3://, gs://, ...).",
+        show_envvar=True,
+    ),
+]
+CheckpointsOpt = Annotated[
+    str,
+    typer.Option(
+        "--checkpoints",
+        envvar="MSN_CHECKPOINTS",
+        help="Checkpoint directory shared by the training stages and predict.",
+        show_envvar=True,
+    ),
+]
+DeviceOpt = Annotated[
+    str,
+    typer.Option("--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."),
+]
+WorkersOpt = Annotated[
+    int,
+    typer.Option("--workers", min=0, help="Worker threads/processes; 0 = one per CPU core."),
+]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed.")]
+ShardOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--shard",
+        help="I/N: process every N-th slide starting at I (0-based). Defaults to "
+        "SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT when set.",
+        metavar="I/N",
+    ),
+]
+ClassesOpt = Annotated[
+    str,
+    typer.Option("--classes", help="Comma-separated class names; index 0 is the first."),
+]
+
+
+def parse_device(text: str) -> str:
+    """Validate a --device value (the torch device is resolved later, inside the stage)."""
+    t = text.strip().lower()
+    if t in ("auto", "cpu", "cuda", "mps") or (t.startswith("cuda:") and t[5:].isdigit()):
+        return t
+    raise MsnUsageError("--device", f"{text!r} is not auto, cpu, cuda, cuda:N or mps")
+
+
+def parse_classes(text: str) -> tuple[str, ...]:
+    names = tuple(c.strip() for c in text.split(",") if c.strip())
+    if len(names) < 2:
+        raise MsnUsageError("--classes", "give at least two comma-separated class names")
+    if len({n.lower() for n in names}) != len(names):
+        raise MsnUsageError("--classes", "class names must be distinct (case-insensitive)")
+    return names
+
+
+def parse_shard(text: str | None, environ: dict[str, str] | None = None) -> tuple[int, int]:
+    """(index, count) from ``--shard I/N`` or the SLURM array variables; (0, 1) otherwise.
+
+    Example:
+        >>> parse_shard("1/4")
+        (1, 4)
+        >>> parse_shard(None, {"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_MIN": "5",
+        ...                    "SLURM_ARRAY_TASK_COUNT": "3"})
+        (2, 3)
+    """
+    env = os.environ if environ is None else environ
+    if text is None:
+        if "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
+            try:
+                tid = int(env["SLURM_ARRAY_TASK_ID"]) - int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
+                return _check_shard(tid, int(env["SLURM_ARRAY_TASK_COUNT"]), "SLURM_ARRAY_*")
+            except ValueError as exc:
+                raise MsnUsageError("SLURM_ARRAY_TASK_ID", f"not a number: {exc}") from exc
+        return 0, 1
+    parts = text.split("/")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise MsnUsageError("--shard", f"{text!r} is not I/N, e.g. 0/4")
+    return _check_shard(int(parts[0]), int(parts[1]), "--shard")
+
+
+def _check_shard(i: int, n: int, what: str) -> tuple[int, int]:
+    if n < 1 or not 0 <= i < n:
+        raise MsnUsageError(what, f"shard {i}/{n}: need 0 <= I < N")
+    return i, n
