@@ -134,7 +134,7 @@ class PatchStore:
 
         url = str(url)
         try:
-            root = zarr.open_group(url, mode="a")
+            root = zarr.open_group(_location(url), mode="a")
         except Exception as exc:
             raise MsnError(url, f"cannot open or create the store: {exc}") from exc
         attrs = dict(root.attrs)
@@ -155,10 +155,11 @@ class PatchStore:
         import zarr
 
         url = str(url)
-        if "://" not in url and not Path(url).exists():
+        loc = _location(url)
+        if "://" not in loc and not Path(loc).exists():
             raise MsnError(url, "no such patch store; create it with `msn tile`")
         try:
-            root = zarr.open_group(url, mode=mode)
+            root = zarr.open_group(loc, mode=mode)
         except Exception as exc:
             raise MsnError(url, f"not a readable Zarr store: {exc}") from exc
         return cls(url, root, _spec_or_fail(url, dict(root.attrs)))
@@ -249,6 +250,12 @@ def slide_name(path: str | Path) -> str:
     else:
         name = Path(name).stem
     return re.sub(r"[^A-Za-z0-9._-]", "_", name) or "slide"
+
+
+def _location(url: str | Path) -> str:
+    """A local path for ``file://`` URLs (LocalStore: atomic writes), else the URL itself."""
+    url = str(url)
+    return url[len("file://") :] if url.startswith("file://") else url
 
 
 def _compressor():
