@@ -30,6 +30,7 @@ from msn_cli.options import (
     StoreOpt,
     WorkersOpt,
     parse_classes,
+    parse_device,
     parse_shard,
 )
 
@@ -42,7 +43,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="markdown",
 )
-_state = {"debug": os.environ.get("MSN_DEBUG", "") not in ("", "0")}
+_state = {"debug": False}
 log = logging.getLogger("msn")
 
 
@@ -84,12 +85,29 @@ class _Formatter(logging.Formatter):
         return record.getMessage()
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time (tests swap it per invocation)."""
+
+    _msn = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(_Formatter())
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def _setup_logging() -> None:
     if not any(getattr(h, "_msn", False) for h in log.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(_Formatter())
-        handler._msn = True  # type: ignore[attr-defined]
-        log.addHandler(handler)
+        log.addHandler(_StderrHandler())
+    # tifffile logs parser complaints about broken files; our error line already names them.
+    logging.getLogger("tifffile").setLevel(logging.CRITICAL)
     log.setLevel(logging.INFO)
     log.propagate = False
     import warnings
@@ -119,7 +137,7 @@ def main_callback(
     """Meta Segmentation Network for ultra-resolution medical images."""
     from msn_cli import progress
 
-    _state["debug"] = _state["debug"] or debug
+    _state["debug"] = debug or os.environ.get("MSN_DEBUG", "") not in ("", "0")
     progress.QUIET = quiet
     _setup_logging()
 
@@ -186,6 +204,10 @@ def tile(
         raise MsnUsageError("--annotations", "--annotations/--mask name the labels of ONE slide")
     index, count = parse_shard(shard)
     jobs = jobs[index::count]
+    if mask_values is not None:
+        from msn_cli.io.annotations import parse_mask_values
+
+        parse_mask_values(mask_values, parse_classes(classes))  # a usage error, before any work
     config = TileConfig(
         Levels.parse(levels),
         parse_classes(classes),
@@ -200,9 +222,12 @@ def tile(
     results = run_tile(store, jobs, config)
     from msn_cli.report import print_tile_results
 
-    print_tile_results(results)
+    if any(r.status != "failed" for r in results):
+        print_tile_results(results)
     failed = [r for r in results if r.status == "failed"]
     for r in failed:
+        if _state["debug"] and r.exc is not None:
+            traceback.print_exception(r.exc)
         _error(r.error or f"{r.slide}: failed")
     if failed:
         raise typer.Exit(1)
@@ -275,6 +300,7 @@ def train_meta(
 
     Example: `msn train-meta --store store.zarr --checkpoints ckpt --epochs 30`
     """
+    parse_device(device)
     _not_yet("train-meta")
 
 
@@ -291,6 +317,7 @@ def train_memrm(
 
     Example: `msn train-memrm --store store.zarr --checkpoints ckpt --epochs 10`
     """
+    parse_device(device)
     _not_yet("train-memrm")
 
 
@@ -307,6 +334,7 @@ def train_fusion(
 
     Example: `msn train-fusion --store store.zarr --checkpoints ckpt --epochs 10`
     """
+    parse_device(device)
     _not_yet("train-fusion")
 
 
@@ -323,6 +351,8 @@ def predict(
 
     Example: `msn predict slide.svs --checkpoints ckpt --out mask.tif`
     """
+    parse_device(device)
+    parse_shard(shard)
     _not_yet("predict")
 
 
@@ -337,6 +367,7 @@ def evaluate(
 
     Example: `msn evaluate --store store.zarr --checkpoints ckpt --split test`
     """
+    parse_device(device)
     _not_yet("evaluate")
 
 

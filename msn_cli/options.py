@@ -89,9 +89,17 @@ def parse_shard(text: str | None, environ: dict[str, str] | None = None) -> tupl
     env = os.environ if environ is None else environ
     if text is None:
         if "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
+            # --array=MIN-MAX[:STEP]; comma lists (1,5,9) have no such arithmetic: use --shard.
             try:
-                tid = int(env["SLURM_ARRAY_TASK_ID"]) - int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
-                return _check_shard(tid, int(env["SLURM_ARRAY_TASK_COUNT"]), "SLURM_ARRAY_*")
+                offset = int(env["SLURM_ARRAY_TASK_ID"]) - int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
+                step = int(env.get("SLURM_ARRAY_TASK_STEP", "1")) or 1
+                if offset % step:
+                    raise MsnUsageError(
+                        "SLURM_ARRAY_TASK_ID", "not on the array's MIN-MAX:STEP grid; use --shard"
+                    )
+                return _check_shard(
+                    offset // step, int(env["SLURM_ARRAY_TASK_COUNT"]), "SLURM_ARRAY_*"
+                )
             except ValueError as exc:
                 raise MsnUsageError("SLURM_ARRAY_TASK_ID", f"not a number: {exc}") from exc
         return 0, 1

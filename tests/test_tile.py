@@ -198,16 +198,19 @@ def test_tissue_detection_drops_background_patches(tmp_path):
     assert res0[0].n_patches == 16 * 8
 
 
-def test_resume_skips_complete_slides_and_redoes_changed_or_partial_ones(tmp_path, slide, monkeypatch):
+def test_resume_skips_complete_slides_and_redoes_changed_or_partial_ones(
+    tmp_path, slide, monkeypatch
+):
     path, _ = slide
     url = str(tmp_path / "st.zarr")
     assert tile(url, [SlideJob(path)], config())[0].status == "tiled"
     clean = arrays(url, "s1")
     assert tile(url, [SlideJob(path)], config())[0].status == "skipped"
     assert tile(url, [SlideJob(path)], config(min_tissue=0.05))[0].status == "tiled"
-    # A crash in the middle of a slide leaves it incomplete and invisible to readers...
+    retiled = arrays(url, "s1")
+    # A crash in the middle of a re-tile leaves the earlier complete slide as it was...
     calls = {"n": 0}
-    real = SlideWriter.write
+    real = SlideWriter.write_shard
 
     def crashing(self, *args, **kw):
         calls["n"] += 1
@@ -215,12 +218,15 @@ def test_resume_skips_complete_slides_and_redoes_changed_or_partial_ones(tmp_pat
             raise KeyboardInterrupt("killed")
         return real(self, *args, **kw)
 
-    monkeypatch.setattr(SlideWriter, "write", crashing)
+    monkeypatch.setattr(SlideWriter, "write_shard", crashing)
     with pytest.raises(KeyboardInterrupt):
         tile(url, [SlideJob(path)], config())
-    monkeypatch.setattr(SlideWriter, "write", real)
+    monkeypatch.setattr(SlideWriter, "write_shard", real)
     store = PatchStore.open(url)
-    assert store.slide("s1").complete is False and store.slides() == []
+    assert [r.name for r in store.slides()] == ["s1"] and store.slide("s1").complete
+    assert store.slide("s1").params["min_tissue"] == 0.05
+    for k, v in arrays(url, "s1").items():
+        np.testing.assert_array_equal(v, retiled[k], err_msg=k)
     # ...and the rerun redoes it, ending with the arrays of an uninterrupted run.
     assert tile(url, [SlideJob(path)], config())[0].status == "tiled"
     for k, v in arrays(url, "s1").items():
@@ -243,7 +249,7 @@ def test_sigkill_then_rerun_gives_the_same_store(tmp_path):
     subprocess.run(_cli(*common, "--store", str(ref)), check=True, capture_output=True)
     url = tmp_path / "killed.zarr"
     proc = subprocess.Popen(_cli(*common, "--store", str(url)), stderr=subprocess.DEVNULL)
-    shard_dir = url / "big" / "x1" / "c"
+    shard_dir = url / "__partial__big" / "x1" / "c"  # written aside, renamed when complete
     while proc.poll() is None and not (shard_dir.exists() and len(os.listdir(shard_dir)) >= 2):
         pass  # busy-wait for the first shards: no sleeps
     proc.send_signal(signal.SIGKILL)
@@ -272,7 +278,9 @@ def test_two_concurrent_shards_equal_one_process(tmp_path):
     ]
     assert [p.wait() for p in procs] == [0, 0]
     s1, s2 = PatchStore.open(one), PatchStore.open(two)
-    assert [r.name for r in s1.slides()] == [r.name for r in s2.slides()] == ["m0", "m1", "m2", "m3"]
+    assert (
+        [r.name for r in s1.slides()] == [r.name for r in s2.slides()] == ["m0", "m1", "m2", "m3"]
+    )
     assert [r.split for r in s2.slides()] == ["train", "train", "sub-train", "test"]
     assert s1.spec == s2.spec
     for r in s1.slides():
@@ -286,9 +294,11 @@ def test_store_at_an_fsspec_url(tmp_path, slide, scheme):
     path, _ = slide
     url = f"file://{tmp_path}/url.zarr" if scheme == "file" else f"memory://{tmp_path.name}.zarr"
     assert tile(url, [SlideJob(path)], config())[0].status == "tiled"
-    local = arrays(tmp_path / "st.zarr", "s1") if tile(
-        str(tmp_path / "st.zarr"), [SlideJob(path)], config()
-    ) else None
+    local = (
+        arrays(tmp_path / "st.zarr", "s1")
+        if tile(str(tmp_path / "st.zarr"), [SlideJob(path)], config())
+        else None
+    )
     rec = PatchStore.open(url).slides()[0]
     assert rec.n_patches == 26 * 19
     np.testing.assert_array_equal(rec.read("x2", slice(None)), local["x2"])

@@ -145,11 +145,31 @@ def extract(
             out[i] = cut(src, int(ux0), int(uy0), bx, p, p)
         xs.append(out)
         if labels is not None:
-            lab = np.empty((len(boxes), p, p), dtype=np.uint8)
-            for i, (ox, oy) in enumerate(origins):
-                lab[i] = labels.region(float(ox), float(oy), ds, p, p)
-            ys.append(lab)
+            ys.append(_labels(labels, origins, ds, p))
     return Triplets(xs, ys if labels is not None else None)
+
+
+def _labels(labels, origins: np.ndarray, ds: float, p: int) -> np.ndarray:
+    """Labels of every patch at one scale: patches on a common pixel grid are cut from one
+    rasterised union (as a per-patch rasterisation would give them, pixel for pixel); the
+    others (the shifted last row and column) are rasterised alone."""
+    out = np.empty((len(origins), p, p), dtype=np.uint8)
+    u = origins.min(axis=0)
+    steps = (origins - u) / ds
+    on_grid = np.all(np.abs(steps - np.round(steps)) < 1e-6, axis=1)
+    if on_grid.sum() > 1:
+        cells = np.round(steps[on_grid]).astype(np.int64)
+        h, w = cells[:, 1].max() + p, cells[:, 0].max() + p
+        union = labels.region(float(u[0]), float(u[1]), ds, int(h), int(w))
+        for i, (cx, cy) in zip(np.flatnonzero(on_grid), cells, strict=True):
+            out[i] = union[cy : cy + p, cx : cx + p]
+        on_grid_idx = set(np.flatnonzero(on_grid).tolist())
+    else:
+        on_grid_idx = set()
+    for i, (ox, oy) in enumerate(origins):
+        if i not in on_grid_idx:
+            out[i] = labels.region(float(ox), float(oy), ds, p, p)
+    return out
 
 
 def region_blocks(corners: np.ndarray, geometry: PatchGeometry, block: int) -> list[np.ndarray]:

@@ -59,7 +59,9 @@ class Slide:
         return self.levels[0].width, self.levels[0].height
 
     def read_level(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
-        """RGB uint8 (height, width, 3) of a box in *level* pixels, inside the level bounds."""
+        """RGB uint8 (height, width, 3) of a box in *level* pixels, inside the level bounds.
+
+        May be a read-only view; callers copy what they keep."""
         raise NotImplementedError
 
     def best_level(self, downsample: float) -> int:
@@ -97,8 +99,11 @@ class OpenSlideSlide(Slide):
         except openslide.OpenSlideError as exc:
             raise MsnError(self.path, f"cannot decode level {level} at {loc}: {exc}") from exc
         rgba = np.asarray(img)
-        rgb = rgba[..., :3].copy()
-        rgb[rgba[..., 3] == 0] = 255
+        rgb = rgba[..., :3]  # a view: read_padded makes the one copy we need
+        alpha = rgba[..., 3]
+        if not alpha.all():  # unscanned areas are transparent: white, like glass
+            rgb = rgb.copy()
+            rgb[alpha == 0] = 255
         return rgb
 
     def close(self) -> None:

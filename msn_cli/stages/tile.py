@@ -20,11 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from msn_cli.errors import MsnError
+from msn_cli.errors import MsnError, MsnUsageError
 from msn_cli.io import annotations as ann
+from msn_cli.io.labelmask import MaskLabels
 from msn_cli.io.patches import Levels, PatchGeometry, extract, region_blocks
 from msn_cli.io.slide import cached_slide, fingerprint, open_slide
-from msn_cli.io.store import IGNORE_LABEL, SHARD_PATCHES, SPLITS, PatchStore, StoreSpec, slide_name
+from msn_cli.io.store import IGNORE_LABEL, SPLITS, PatchStore, StoreSpec, slide_name
 from msn_cli.io.tissue import patch_fractions, thumbnail_downsample, thumbnail_mask
 from msn_cli.progress import progress
 
@@ -73,6 +74,7 @@ class SlideResult:
     n_grid: int = 0
     seconds: float = 0.0
     error: str | None = None
+    exc: BaseException | None = field(default=None, repr=False)
     warnings: list[str] = field(default_factory=list)
 
 
@@ -85,25 +87,27 @@ def tile(store_url: str, jobs: Sequence[SlideJob], config: TileConfig) -> list[S
         try:
             results.append(tile_slide(store, job, config))
         except MsnError as exc:
-            results.append(SlideResult(job.slide, slide_name(job.slide), "failed", error=str(exc)))
+            results.append(
+                SlideResult(job.slide, slide_name(job.slide), "failed", error=str(exc), exc=exc)
+            )
     return results
 
 
 def validate_config(config: TileConfig) -> None:
     if config.patch_size < 16:
-        raise MsnError("--patch-size", f"{config.patch_size} is too small (at least 16)")
+        raise MsnUsageError("--patch-size", f"{config.patch_size} is too small (at least 16)")
     if not 0.0 <= config.min_tissue <= 1.0:
-        raise MsnError("--min-tissue", f"{config.min_tissue} is not a fraction in [0, 1]")
+        raise MsnUsageError("--min-tissue", f"{config.min_tissue} is not a fraction in [0, 1]")
     if config.unannotated not in ("normal", "ignore"):
-        raise MsnError("--unannotated", "expected 'normal' (class 0) or 'ignore' (255)")
+        raise MsnUsageError("--unannotated", "expected 'normal' (class 0) or 'ignore' (255)")
     if config.split not in SPLITS:
-        raise MsnError("--split", f"{config.split!r} is not one of {', '.join(SPLITS)}")
+        raise MsnUsageError("--split", f"{config.split!r} is not one of {', '.join(SPLITS)}")
     if len(config.classes) < 2 or len(set(c.lower() for c in config.classes)) != len(
         config.classes
     ):
-        raise MsnError("--classes", "need at least two distinct class names")
+        raise MsnUsageError("--classes", "need at least two distinct class names")
     if config.mpp is not None and config.mpp <= 0:
-        raise MsnError("--mpp", "must be a positive number of microns per pixel")
+        raise MsnUsageError("--mpp", "must be a positive number of microns per pixel")
 
 
 def tile_slide(store: PatchStore, job: SlideJob, config: TileConfig) -> SlideResult:
@@ -125,6 +129,8 @@ def tile_slide(store: PatchStore, job: SlideJob, config: TileConfig) -> SlideRes
     labels = ann.open_labels(
         label_path, config.classes, slide.dimensions, background, mask_values=config.mask_values
     )
+    if config.mask_values and not isinstance(labels, MaskLabels):
+        log.warning("%s: --mask-values applies to label masks only; ignored", label_path)
     base = _base_downsample(slide, config.mpp)
     params = {
         "levels": list(config.levels.magnifications),
@@ -192,7 +198,8 @@ def tile_slide(store: PatchStore, job: SlideJob, config: TileConfig) -> SlideRes
 
 
 def _write_blocks(writer, path, geometry, centres, blocks, labels, config, name) -> np.ndarray:
-    """Decode blocks in worker threads, in order; write full shards while others decode.
+    """Decode blocks in worker threads, in order; write each shard as soon as it is full,
+    while the next blocks decode.
 
     Returns the pixel count of each y1 label value (256 bins).
     """
@@ -201,12 +208,11 @@ def _write_blocks(writer, path, geometry, centres, blocks, labels, config, name)
     starts = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
 
     def work(i: int):
-        return extract(cached_slide(path), geometry, centres[starts[i] : starts[i + 1]], labels)
+        trip = extract(cached_slide(path), geometry, centres[starts[i] : starts[i + 1]], labels)
+        return trip, np.bincount(trip.y[0].ravel(), minlength=256)
 
     pending: deque = deque()
-    buf_x: list[list[np.ndarray]] = [[], [], []]
-    buf_y: list[list[np.ndarray]] = [[], [], []]
-    buffered, written = 0, 0
+    shard, buf = 0, writer.new_buffer()
     counts = np.zeros(256, dtype=np.int64)
     with ThreadPoolExecutor(workers) as pool, progress(name, len(centres), "patches") as bar:
         next_block = 0
@@ -214,24 +220,17 @@ def _write_blocks(writer, path, geometry, centres, blocks, labels, config, name)
             while next_block < len(blocks) and len(pending) < 2 * workers:
                 pending.append(pool.submit(work, next_block))
                 next_block += 1
-            trip = pending.popleft().result()
-            for b in range(3):
-                buf_x[b].append(trip.x[b])
-                buf_y[b].append(trip.y[b])
-            buffered += len(trip.x[0])
-            counts += np.bincount(trip.y[0].ravel(), minlength=256)
-            flush = buffered - buffered % SHARD_PATCHES
-            if not pending and next_block == len(blocks):
-                flush = buffered
-            if flush:
-                xs = [np.concatenate(v) for v in buf_x]
-                ys = [np.concatenate(v) for v in buf_y]
-                writer.write(written, [x[:flush] for x in xs], [y[:flush] for y in ys])
-                buf_x = [[x[flush:]] for x in xs]
-                buf_y = [[y[flush:]] for y in ys]
-                written += flush
-                buffered -= flush
+            trip, block_counts = pending.popleft().result()
+            counts += block_counts
+            taken = 0
+            while taken < len(trip.x[0]):
+                taken += buf.add(trip.x, trip.y, taken)
+                if buf.full:
+                    writer.write_shard(shard, buf)
+                    shard, buf.n = shard + 1, 0
             bar.advance(len(trip.x[0]))
+        if buf.n:
+            writer.write_shard(shard, buf)
     return counts
 
 
