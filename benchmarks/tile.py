@@ -164,7 +164,8 @@ def main() -> None:
 
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-        f"slide {args.size}x{args.size} JPEG ({args.content}), patch {args.patch_size}, levels used {used}, "
+        f"slide {args.size}x{args.size} JPEG ({args.content}), patch {args.patch_size}, "
+        f"levels used {used}, "
         f"{n_triplets} triplets, workers {args.workers}"
     )
     print(f"{'':28}{'triplets/s':>12}")

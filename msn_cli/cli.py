@@ -5,11 +5,8 @@ Every command imports its stage (and torch) inside its body so that ``msn --help
 
 from __future__ import annotations
 
-import functools
 import json
-import logging
 import os
-import sys
 import traceback
 from pathlib import Path
 from typing import Annotated
@@ -17,20 +14,17 @@ from typing import Annotated
 import typer
 
 from msn_cli import __version__
-from msn_cli.errors import MsnError, MsnUsageError
+from msn_cli.console import error, reported, setup_logging, state
+from msn_cli.errors import MsnUsageError
 from msn_cli.options import (
-    DEFAULT_CHECKPOINTS,
     DEFAULT_CLASSES,
     DEFAULT_STORE,
-    CheckpointsOpt,
     ClassesOpt,
-    DeviceOpt,
     SeedOpt,
     ShardOpt,
     StoreOpt,
     WorkersOpt,
     parse_classes,
-    parse_device,
     parse_shard,
 )
 
@@ -43,79 +37,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="markdown",
 )
-_state = {"debug": False}
-log = logging.getLogger("msn")
-
-
-def reported(fn):
-    """Turn expected failures into one line on stderr and an exit code (traceback: --debug)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except MsnError as exc:
-            if _state["debug"]:
-                traceback.print_exc()
-            _error(exc.message)
-            raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
-            _error("interrupted")
-            raise typer.Exit(130) from None
-        except (typer.Exit, typer.Abort, SystemExit):
-            raise
-        except Exception as exc:  # a bug: still one line unless --debug
-            if _state["debug"]:
-                raise
-            _error(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug)")
-            raise typer.Exit(1) from None
-
-    return wrapper
-
-
-def _error(message: str) -> None:
-    sys.stderr.write(f"msn: error: {message}\n")
-    sys.stderr.flush()
-
-
-class _Formatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        if record.levelno >= logging.WARNING:
-            return f"msn: {record.levelname.lower()}: {record.getMessage()}"
-        return record.getMessage()
-
-
-class _StderrHandler(logging.StreamHandler):
-    """Writes to whatever ``sys.stderr`` is at the time (tests swap it per invocation)."""
-
-    _msn = True
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.setFormatter(_Formatter())
-
-    @property
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value) -> None:
-        pass
-
-
-def _setup_logging() -> None:
-    if not any(getattr(h, "_msn", False) for h in log.handlers):
-        log.addHandler(_StderrHandler())
-    # tifffile logs parser complaints about broken files; our error line already names them.
-    logging.getLogger("tifffile").setLevel(logging.CRITICAL)
-    log.setLevel(logging.INFO)
-    log.propagate = False
-    import warnings
-
-    def show(message, category, filename, lineno, file=None, line=None):
-        log.warning("%s", message)
-
-    warnings.showwarning = show
 
 
 def _version(value: bool) -> None:
@@ -137,9 +58,9 @@ def main_callback(
     """Meta Segmentation Network for ultra-resolution medical images."""
     from msn_cli import progress
 
-    _state["debug"] = debug or os.environ.get("MSN_DEBUG", "") not in ("", "0")
+    state["debug"] = debug or os.environ.get("MSN_DEBUG", "") not in ("", "0")
     progress.QUIET = quiet
-    _setup_logging()
+    setup_logging()
 
 
 @app.command()
@@ -226,9 +147,9 @@ def tile(
         print_tile_results(results)
     failed = [r for r in results if r.status == "failed"]
     for r in failed:
-        if _state["debug"] and r.exc is not None:
+        if state["debug"] and r.exc is not None:
             traceback.print_exception(r.exc)
-        _error(r.error or f"{r.slide}: failed")
+        error(r.error or f"{r.slide}: failed")
     if failed:
         raise typer.Exit(1)
 
@@ -283,92 +204,15 @@ def synth(
     typer.echo(f"wrote {slides} {kind} image(s) and {manifest}")
 
 
-def _not_yet(name: str) -> None:
-    raise MsnError(None, f"`msn {name}` is not implemented yet")
+from msn_cli.commands import evaluate as _evaluate  # noqa: E402
+from msn_cli.commands import predict as _predict  # noqa: E402
+from msn_cli.commands import training as _training  # noqa: E402
 
-
-@app.command("train-meta")
-@reported
-def train_meta(
-    store: StoreOpt = DEFAULT_STORE,
-    checkpoints: CheckpointsOpt = DEFAULT_CHECKPOINTS,
-    device: DeviceOpt = "auto",
-    workers: WorkersOpt = 0,
-    seed: SeedOpt = 0,
-) -> None:
-    """Step 1: train the meta-branch on X3.
-
-    Example: `msn train-meta --store store.zarr --checkpoints ckpt --epochs 30`
-    """
-    parse_device(device)
-    _not_yet("train-meta")
-
-
-@app.command("train-memrm")
-@reported
-def train_memrm(
-    store: StoreOpt = DEFAULT_STORE,
-    checkpoints: CheckpointsOpt = DEFAULT_CHECKPOINTS,
-    device: DeviceOpt = "auto",
-    workers: WorkersOpt = 0,
-    seed: SeedOpt = 0,
-) -> None:
-    """Step 2: find the gap layers and train the X1/X2 memory-recall modules.
-
-    Example: `msn train-memrm --store store.zarr --checkpoints ckpt --epochs 10`
-    """
-    parse_device(device)
-    _not_yet("train-memrm")
-
-
-@app.command("train-fusion")
-@reported
-def train_fusion(
-    store: StoreOpt = DEFAULT_STORE,
-    checkpoints: CheckpointsOpt = DEFAULT_CHECKPOINTS,
-    device: DeviceOpt = "auto",
-    workers: WorkersOpt = 0,
-    seed: SeedOpt = 0,
-) -> None:
-    """Step 3: train the meta fusion module (Meta-FM).
-
-    Example: `msn train-fusion --store store.zarr --checkpoints ckpt --epochs 10`
-    """
-    parse_device(device)
-    _not_yet("train-fusion")
-
-
-@app.command()
-@reported
-def predict(
-    slides: Annotated[list[Path] | None, typer.Argument(help="Slides to segment.")] = None,
-    checkpoints: CheckpointsOpt = DEFAULT_CHECKPOINTS,
-    device: DeviceOpt = "auto",
-    workers: WorkersOpt = 0,
-    shard: ShardOpt = None,
-) -> None:
-    """Segment whole slides into pyramidal TIFF masks.
-
-    Example: `msn predict slide.svs --checkpoints ckpt --out mask.tif`
-    """
-    parse_device(device)
-    parse_shard(shard)
-    _not_yet("predict")
-
-
-@app.command()
-@reported
-def evaluate(
-    store: StoreOpt = DEFAULT_STORE,
-    checkpoints: CheckpointsOpt = DEFAULT_CHECKPOINTS,
-    device: DeviceOpt = "auto",
-) -> None:
-    """Per-branch mIoU on the store's test split, or of masks against annotations.
-
-    Example: `msn evaluate --store store.zarr --checkpoints ckpt --split test`
-    """
-    parse_device(device)
-    _not_yet("evaluate")
+app.command("train-meta")(_training.train_meta)
+app.command("train-memrm")(_training.train_memrm)
+app.command("train-fusion")(_training.train_fusion)
+app.command("predict")(_predict.predict)
+app.command("evaluate")(_evaluate.evaluate)
 
 
 def main() -> None:

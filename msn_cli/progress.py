@@ -77,9 +77,7 @@ class _Rich:
         self._done += n
         rate = self._done / max(time.perf_counter() - self._start, 1e-9)
         extra = " ".join(f"{k}={v}" for k, v in fields.items())
-        self._progress.update(
-            self._task, advance=n, rate=f"{rate:.1f} {self.unit}/s", extra=extra
-        )
+        self._progress.update(self._task, advance=n, rate=f"{rate:.1f} {self.unit}/s", extra=extra)
 
     def close(self, **fields: object) -> None:
         if fields:

@@ -28,14 +28,14 @@ def msn_invoke(monkeypatch):
     """
     from typer.testing import CliRunner
 
-    from msn_cli import cli
+    from msn_cli import cli, console
 
     for var in _CLI_ENV:
         monkeypatch.delenv(var, raising=False)
     runner = CliRunner()
 
     def invoke(*args, env=None):
-        monkeypatch.setitem(cli._state, "debug", False)
+        monkeypatch.setitem(console.state, "debug", False)
         log = logging.getLogger("msn")
         for handler in [h for h in log.handlers if getattr(h, "_msn", False)]:
             log.removeHandler(handler)

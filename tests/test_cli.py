@@ -14,7 +14,7 @@ import pytest
 from slides import pattern, write_pyramid
 from typer.testing import CliRunner
 
-from msn_cli import __version__, cli, options
+from msn_cli import __version__, cli, console, options
 from msn_cli.errors import MsnUsageError
 from msn_cli.io.annotations import LabelledPolygon, write_geojson
 from msn_cli.options import parse_shard
@@ -193,7 +193,7 @@ def raw_cli_state(monkeypatch):
     """For tests that use CliRunner directly: no --debug and no msn log handler to start with,
     and whatever the test leaves behind is undone afterwards."""
     log = logging.getLogger("msn")
-    monkeypatch.setitem(cli._state, "debug", False)
+    monkeypatch.setitem(console.state, "debug", False)
     monkeypatch.setattr(log, "handlers", [h for h in log.handlers if not getattr(h, "_msn", 0)])
     for var in ("MSN_DEBUG", "MSN_STORE"):
         monkeypatch.delenv(var, raising=False)

@@ -1,0 +1,242 @@
+"""The checkpoint directory (DESIGN.md §1): the only module that knows its layout.
+
+::
+
+    checkpoints/
+      model.json            architecture, classes, patch size, magnifications, trained input
+      meta/   memrm/   fusion/          one folder per training stage, each with
+        last.pt             everything a resume needs (weights, optimizer, epoch, RNG states)
+        weights.pt          the stage's final weights (its part of the model only)
+        config.json         the resolved configuration the stage ran with
+        history.jsonl       one JSON object per epoch (loss, mIoU, seconds, ...)
+
+Any later stage, ``predict`` included, rebuilds the model from the directory alone
+(:meth:`CheckpointDir.load_model`). Every file is written atomically; every ``.pt`` file is
+read with ``torch.load(weights_only=True)``, so a checkpoint cannot run code.
+
+Example:
+    >>> ck = CheckpointDir("checkpoints")  # doctest: +SKIP
+    >>> ck.require("meta", "memrm"); model, stages = ck.load_model("cpu")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from msn_cli.errors import MsnError
+from msn_cli.io.atomic import atomic_write, atomic_write_json, atomic_write_text
+from msn_cli.io.store import StoreSpec
+
+SCHEMA_VERSION = 1
+STAGES = ("meta", "memrm", "fusion")
+#: The model part each stage trains, as attribute names of ``msn_cli.models.msn.MSN``.
+STAGE_PARTS = {"meta": "meta_branch", "memrm": "memory_recall", "fusion": "fusion"}
+COMMANDS = {"meta": "msn train-meta", "memrm": "msn train-memrm", "fusion": "msn train-fusion"}
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What ``model.json`` holds.
+
+    ``model`` is ``MSNConfig.to_dict()``; ``input`` the branch the meta stage was trained on
+    (``x3`` for MSN; ``x1``/``x2`` for the paper's single-resolution baselines).
+    """
+
+    model: dict[str, Any]
+    classes: list[str]
+    input: str = "x3"
+    schema_version: int = SCHEMA_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def patch_size(self) -> int:
+        return int(self.model["patch_size"])
+
+    @property
+    def magnifications(self) -> tuple[float, ...]:
+        return tuple(float(m) for m in self.model["magnifications"])
+
+    def store_spec(self) -> StoreSpec:
+        return StoreSpec(self.patch_size, self.magnifications, tuple(self.classes))  # type: ignore[arg-type]
+
+    def config(self):
+        """The ``MSNConfig`` (imports torch)."""
+        from msn_cli.models.msn import MSNConfig
+
+        return MSNConfig.from_dict(self.model)
+
+
+class StageDir:
+    """One stage's folder: typed paths and atomic reads/writes of its files."""
+
+    def __init__(self, root: Path, name: str) -> None:
+        if name not in STAGES:
+            raise ValueError(f"unknown stage {name!r}; expected one of {STAGES}")
+        self.name = name
+        self.dir = root / name
+        self.last = self.dir / "last.pt"
+        self.weights = self.dir / "weights.pt"
+        self.config = self.dir / "config.json"
+        self.history = self.dir / "history.jsonl"
+
+    @property
+    def complete(self) -> bool:
+        """True once the stage's final weights exist (written last)."""
+        return self.weights.is_file()
+
+    def file(self, name: str) -> Path:
+        return self.dir / name
+
+    # -- torch files ----------------------------------------------------------------------
+    def save(self, path: Path, obj: Any) -> None:
+        import torch
+
+        atomic_write(path, lambda fh: torch.save(obj, fh))
+
+    def load(self, path: Path) -> Any:
+        return load_checkpoint_file(path)
+
+    def save_last(self, state: dict[str, Any]) -> None:
+        self.save(self.last, state)
+
+    def load_last(self) -> dict[str, Any] | None:
+        return self.load(self.last) if self.last.is_file() else None
+
+    def save_weights(self, state_dict: dict[str, Any]) -> None:
+        self.save(self.weights, state_dict)
+
+    # -- JSON files -----------------------------------------------------------------------
+    def write_config(self, config: dict[str, Any]) -> None:
+        atomic_write_json(self.config, config)
+
+    def read_config(self) -> dict[str, Any] | None:
+        return _read_json(self.config) if self.config.is_file() else None
+
+    def write_history(self, records: list[dict[str, Any]]) -> None:
+        """Rewrite the whole history (small), atomically."""
+        atomic_write_text(self.history, "".join(json.dumps(r) + "\n" for r in records))
+
+    def read_history(self) -> list[dict[str, Any]]:
+        if not self.history.is_file():
+            return []
+        try:
+            return [json.loads(line) for line in self.history.read_text().splitlines() if line]
+        except json.JSONDecodeError as exc:
+            raise MsnError(self.history, f"corrupt history: {exc}") from exc
+
+    def reset(self) -> None:
+        """Remove the stage's files (``--restart``)."""
+        for p in (self.last, self.weights, self.config, self.history):
+            if p.exists():
+                p.unlink()
+
+
+class CheckpointDir:
+    """A checkpoint directory; see the module docstring for the layout."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.model_json = self.path / "model.json"
+
+    def stage(self, name: str) -> StageDir:
+        return StageDir(self.path, name)
+
+    def exists(self) -> bool:
+        return self.model_json.is_file()
+
+    def read_card(self) -> ModelCard:
+        if not self.exists():
+            raise MsnError(self.path, "no model.json here; run `msn train-meta` first")
+        raw = _read_json(self.model_json)
+        try:
+            card = ModelCard(
+                model=dict(raw["model"]),
+                classes=list(raw["classes"]),
+                input=str(raw.get("input", "x3")),
+                schema_version=int(raw["schema_version"]),
+                extra=dict(raw.get("extra", {})),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MsnError(self.model_json, f"not an msn model.json: {exc}") from exc
+        if card.schema_version != SCHEMA_VERSION:
+            raise MsnError(
+                self.model_json,
+                f"schema version {card.schema_version}; this msn reads {SCHEMA_VERSION}",
+            )
+        return card
+
+    def write_card(self, card: ModelCard) -> None:
+        atomic_write_json(self.model_json, asdict(card))
+
+    def check_store(self, spec: StoreSpec, store_url: str = "the store") -> None:
+        """Refuse a store whose classes, patch size or magnifications differ from model.json."""
+        why = self.read_card().store_spec().mismatch(spec)
+        if why:
+            raise MsnError(
+                self.path,
+                f"checkpoints do not match {store_url}: {why.replace('store has', 'model has')}",
+            )
+
+    def require(self, *stages: str) -> None:
+        """Refuse, naming the command to run, when an earlier stage has not finished."""
+        self.read_card()
+        for name in stages:
+            if not self.stage(name).complete:
+                raise MsnError(
+                    self.path / name, f"stage '{name}' has not finished; run `{COMMANDS[name]}`"
+                )
+
+    def completed(self) -> tuple[str, ...]:
+        return tuple(s for s in STAGES if self.stage(s).complete)
+
+    def load_model(self, device: Any = "cpu", stages: tuple[str, ...] | None = None):
+        """Rebuild the model and load every finished stage's weights (or ``stages``).
+
+        Returns ``(model, loaded_stages)``; the model is in eval mode on ``device``.
+        """
+        from msn_cli.models.msn import MSN
+
+        card = self.read_card()
+        try:
+            model = MSN(card.config())
+        except ValueError as exc:
+            raise MsnError(self.model_json, f"cannot build the model: {exc}") from exc
+        wanted = self.completed() if stages is None else stages
+        for name in wanted:
+            st = self.stage(name)
+            if not st.complete:
+                raise MsnError(st.dir, f"stage '{name}' has not finished; run `{COMMANDS[name]}`")
+            part = getattr(model, STAGE_PARTS[name])
+            state = st.load(st.weights)
+            try:
+                part.load_state_dict(state)
+            except (RuntimeError, KeyError, TypeError) as exc:
+                raise MsnError(st.weights, f"weights do not fit model.json: {exc}") from exc
+        return model.to(device).eval(), tuple(wanted)
+
+
+def load_checkpoint_file(path: str | os.PathLike[str]) -> Any:
+    """``torch.load(weights_only=True)`` on CPU, with a one-line error for a bad file."""
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise MsnError(path, "no such checkpoint file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise MsnError(path, f"not a loadable msn checkpoint (refused: {first[:200]})") from exc
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise MsnError(path, f"unreadable JSON: {exc}") from exc

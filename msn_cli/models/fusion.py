@@ -1,0 +1,218 @@
+"""Fusion of the two non-meta branches: Meta-FM (Eq. 2-3) and the "w/o Meta" ablation.
+
+Both fuse the class probabilities of S1 and S2' = up(crop(S2)) (already aligned to X1 by the
+caller) with two 3x3 convolutions, ``2Nc -> Nc``, ReLU, ``Nc -> Nc``, whose output are the
+fused logits S.
+
+* :class:`ConvFusion` ("w/o Meta"): the two convolutions are ordinary parameters.
+* :class:`MetaFusion` (Meta-FM): their weights are generated, ``W = FC-ReLU-FC(σ)``, from
+  σ = cat(-dL(S1, Y1)/dWo, -dL(S2', Y1)/dWo) (RMS-normalised here). The last FC's bias holds
+  the "average the two branches" kernel and its weights start small, so a fresh Meta-FM
+  averages the branches whatever σ is. For inference, the weights generated from σ* (averaged
+  over the support set, :class:`SigmaAccumulator`) are stored as buffers by :meth:`store` and
+  used whenever no σ is given: predicting needs no label.
+
+The AWMF-CNN fusion lives in :mod:`msn_cli.models.awmf`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from msn_cli.models.base import OutputGradient
+from msn_cli.models.layers import init_weights
+
+__all__ = [
+    "ConvFusion",
+    "MetaFusion",
+    "SigmaAccumulator",
+    "average_kernels",
+    "fusion_conv",
+    "sigma_from_gradients",
+]
+
+
+def _shapes(nc: int) -> list[tuple[int, ...]]:
+    return [(nc, 2 * nc, 3, 3), (nc,), (nc, nc, 3, 3), (nc,)]
+
+
+def average_kernels(num_classes: int) -> list[Tensor]:
+    """``[w1, b1, w2, b2]`` that average two probability maps: conv1 = (p1 + p2) / 2, conv2 = id."""
+    nc = num_classes
+    w1, b1, w2, b2 = (torch.zeros(s) for s in _shapes(nc))
+    for c in range(nc):
+        w1[c, c, 1, 1] = 0.5
+        w1[c, nc + c, 1, 1] = 0.5
+        w2[c, c, 1, 1] = 1.0
+    return [w1, b1, w2, b2]
+
+
+def fusion_conv(p: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> Tensor:
+    """``conv2(relu(conv1(p)))`` with shared (4-D) or per-sample (5-D) kernels."""
+    if w1.ndim == 4:
+        return F.conv2d(F.relu(F.conv2d(p, w1, b1, padding=1)), w2, b2, padding=1)
+    b, c, h, w = p.shape
+    if w1.shape[0] != b:
+        raise ValueError(f"{w1.shape[0]} generated kernels for a batch of {b}")
+    x = F.conv2d(p.reshape(1, b * c, h, w), w1.flatten(0, 1), b1.flatten(), padding=1, groups=b)
+    x = F.conv2d(F.relu(x), w2.flatten(0, 1), b2.flatten(), padding=1, groups=b)
+    return x.reshape(b, -1, h, w)
+
+
+def _probabilities(s1: Tensor, s2: Tensor) -> Tensor:
+    if s1.shape != s2.shape:
+        raise ValueError(
+            f"S1 {tuple(s1.shape)} and S2' {tuple(s2.shape)} must have the same shape "
+            "(crop and upsample S2 to X1's frame first)"
+        )
+    return torch.cat([s1.softmax(1), s2.softmax(1)], dim=1)
+
+
+def sigma_from_gradients(*grads: OutputGradient, per_sample: bool = False) -> Tensor:
+    """σ from one :class:`OutputGradient` per branch: (D,) batch mean, or (B, D) per sample."""
+    if per_sample:
+        return torch.cat([g.grad_sum / g.count.clamp(min=1).unsqueeze(1) for g in grads], dim=1)
+    return torch.cat([g.mean() for g in grads])
+
+
+class SigmaAccumulator:
+    """Streams support batches into σ*: the negative gradient of the mean loss of the set.
+
+    Example:
+        >>> acc = SigmaAccumulator()
+        >>> g = OutputGradient(torch.ones(2, 3), torch.tensor([1, 3]))
+        >>> acc.update(g, g)
+        >>> acc.sigma().tolist()
+        [0.5, 0.5, 0.5, 0.5, 0.5, 0.5]
+    """
+
+    def __init__(self) -> None:
+        self.sums: list[Tensor] = []
+        self.counts: list[Tensor] = []
+
+    def update(self, *grads: OutputGradient) -> None:
+        """Add one batch: one :class:`OutputGradient` per branch (X1, X2)."""
+        if self.sums and len(grads) != len(self.sums):
+            raise ValueError(f"expected {len(self.sums)} branch gradients, got {len(grads)}")
+        sums = [g.grad_sum.sum(0).double() for g in grads]
+        counts = [g.count.sum().double() for g in grads]
+        if not self.sums:
+            self.sums, self.counts = sums, counts
+        else:
+            self.sums = [a + b for a, b in zip(self.sums, sums, strict=True)]
+            self.counts = [a + b for a, b in zip(self.counts, counts, strict=True)]
+
+    def sigma(self) -> Tensor:
+        """σ* (float32); ValueError when nothing was accumulated."""
+        if not self.sums:
+            raise ValueError("no support batch was accumulated")
+        return torch.cat([s / c.clamp(min=1) for s, c in zip(self.sums, self.counts, strict=True)])
+
+
+class ConvFusion(nn.Module):
+    """ "w/o Meta": the two fusion convolutions learned directly.
+
+    Args:
+        num_classes: Nc.
+        init: ``"he"`` (from scratch, as in the paper's ablation) or ``"average"``.
+    """
+
+    def __init__(self, num_classes: int, init: str = "he") -> None:
+        super().__init__()
+        if init not in ("he", "average"):
+            raise ValueError(f"init must be 'he' or 'average', got {init!r}")
+        self.num_classes, self.init = int(num_classes), init
+        self.conv1 = nn.Conv2d(2 * num_classes, num_classes, 3, padding=1)
+        self.conv2 = nn.Conv2d(num_classes, num_classes, 3, padding=1)
+        init_weights(self)
+
+    def post_init(self) -> None:
+        if self.init == "average":
+            w1, b1, w2, b2 = average_kernels(self.num_classes)
+            with torch.no_grad():
+                for p, v in zip(self.parameters(), (w1, b1, w2, b2), strict=True):
+                    p.copy_(v)
+
+    def forward(
+        self, s1: Tensor, s2: Tensor, s3: Tensor | None = None, images=None, sigma=None
+    ) -> Tensor:
+        """Fused logits from S1 and the aligned S2' (``s3``, ``images``, ``sigma`` unused)."""
+        return self.conv2(F.relu(self.conv1(_probabilities(s1, s2))))
+
+
+class MetaFusion(nn.Module):
+    """Meta-FM: ``[W1, W2] = FC-ReLU-FC(normalise(σ))``, applied with ``F.conv2d``.
+
+    Args:
+        num_classes: Nc.
+        sigma_dim: length of σ, ``2 * |Wo|`` (``2 * backbone.output_size``).
+        hidden: width of the hidden FC layer (9: see :mod:`msn_cli.models.summary`).
+        init_scale: relative scale of the last FC's initial weights.
+    """
+
+    def __init__(
+        self, num_classes: int, sigma_dim: int, hidden: int = 9, init_scale: float = 1e-3
+    ) -> None:
+        super().__init__()
+        if sigma_dim < 1 or hidden < 1:
+            raise ValueError(f"sigma_dim and hidden must be >= 1, got {sigma_dim}, {hidden}")
+        self.num_classes, self.sigma_dim, self.init_scale = int(num_classes), sigma_dim, init_scale
+        self.sizes = [int(torch.Size(s).numel()) for s in _shapes(num_classes)]
+        self.fc1 = nn.Linear(sigma_dim, hidden)
+        self.fc2 = nn.Linear(hidden, sum(self.sizes))
+        self.register_buffer("stored", torch.zeros(sum(self.sizes)))
+        self.register_buffer("has_stored", torch.zeros((), dtype=torch.bool))
+        init_weights(self)
+
+    def post_init(self) -> None:
+        with torch.no_grad():
+            self.fc2.weight.mul_(self.init_scale)
+            self.fc2.bias.copy_(torch.cat([k.flatten() for k in average_kernels(self.num_classes)]))
+
+    @staticmethod
+    def normalise(sigma: Tensor, tiny: float = 1e-30) -> Tensor:
+        """Scale σ to unit root-mean-square (per row); its direction carries the information.
+
+        Divides by the largest magnitude first, so gradients of any scale (even ones whose
+        squares underflow) normalise the same way; an all-zero σ stays zero.
+        """
+        sigma = sigma / sigma.abs().amax(-1, keepdim=True).clamp_min(tiny)
+        return sigma / sigma.pow(2).mean(-1, keepdim=True).sqrt().clamp_min(tiny)
+
+    def generate(self, sigma: Tensor) -> Tensor:
+        """Flat kernels (P,) for σ of shape (D,), or (B, P) for (B, D)."""
+        if sigma.ndim not in (1, 2) or sigma.shape[-1] != self.sigma_dim:
+            raise ValueError(
+                f"σ must be (D,) or (B, D) with D={self.sigma_dim}, got {tuple(sigma.shape)}"
+            )
+        sigma = self.normalise(sigma.to(self.fc1.weight.dtype))
+        return self.fc2(F.relu(self.fc1(sigma)))
+
+    def kernels(self, flat: Tensor) -> list[Tensor]:
+        """Split flat generated weights into ``[w1, b1, w2, b2]`` (leading batch dim kept)."""
+        lead = flat.shape[:-1]
+        parts = torch.split(flat, self.sizes, dim=-1)
+        return [p.reshape(*lead, *s) for p, s in zip(parts, _shapes(self.num_classes), strict=True)]
+
+    @torch.no_grad()
+    def store(self, sigma: Tensor) -> None:
+        """Generate the kernels from σ* (D,) and keep them (a buffer, saved in state_dict)."""
+        if sigma.ndim != 1:
+            raise ValueError(f"σ* must be one vector (D,), got shape {tuple(sigma.shape)}")
+        self.stored.copy_(self.generate(sigma.to(self.stored.device)).to(self.stored.dtype))
+        self.has_stored.fill_(True)
+
+    def forward(
+        self, s1: Tensor, s2: Tensor, s3: Tensor | None = None, images=None, sigma=None
+    ) -> Tensor:
+        """Fused logits; kernels from ``sigma`` (D,) / (B, D), else the stored ones."""
+        if sigma is None:
+            if not bool(self.has_stored):
+                raise ValueError("no σ given and no stored σ* kernels: call store(sigma) first")
+            flat = self.stored
+        else:
+            flat = self.generate(sigma)
+        p = _probabilities(s1, s2)
+        return fusion_conv(p, *(k.to(p.dtype) for k in self.kernels(flat)))

@@ -1,0 +1,266 @@
+"""The assembled Meta Segmentation Network: composition only.
+
+One shared meta-branch (a registered backbone) segments X3 and, at the gap layers, its
+features are the memory (Mem-FP). X1 and X2 run through the *same* meta-branch, with one
+Mem-RM per branch per gap layer injected through the backbone's ``recall`` hook. S1 and
+S2' = up(crop(S2)) are fused (Meta-FM, "w/o Meta" or AWMF). See DESIGN.md §2.
+
+Example:
+    >>> import torch
+    >>> cfg = MSNConfig(backbone="bisenet", width=0.125, num_classes=4, patch_size=64)
+    >>> net = MSN(cfg).eval()
+    >>> x = torch.zeros(1, 3, 64, 64)
+    >>> out = net(x, x, x, sigma=torch.zeros(net.sigma_dim))
+    >>> tuple(out.s.shape)
+    (1, 4, 64, 64)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from functools import partial
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from msn_cli.models.awmf import AWMFFusion
+from msn_cli.models.base import IGNORE_INDEX, BackboneOutput, OutputGradient
+from msn_cli.models.fusion import ConvFusion, MetaFusion, sigma_from_gradients
+from msn_cli.models.memory import MemoryRecall, crop_center, magnification_ratio
+from msn_cli.models.registry import backbone_spec, build_backbone
+
+__all__ = ["BRANCHES", "FUSIONS", "MSN", "MSNConfig", "MSNOutput"]
+
+FUSIONS = ("meta", "conv", "awmf")
+BRANCHES = ("x1", "x2", "x3")
+
+
+@dataclass(frozen=True)
+class MSNConfig:
+    """The architecture of an MSN, as stored in a checkpoint's ``model.json``.
+
+    ``gap_layers=None`` means the backbone's default gap layers.
+
+    Example:
+        >>> cfg = MSNConfig(backbone="unet", num_classes=2, magnifications=(4, 2, 1))
+        >>> MSNConfig.from_dict(cfg.to_dict()) == cfg
+        True
+    """
+
+    backbone: str = "bisenet"
+    width: float = 1.0
+    num_classes: int = 4
+    patch_size: int = 256
+    magnifications: tuple[float, float, float] = (16, 4, 1)
+    gap_layers: tuple[str, ...] | None = None
+    fusion: str = "meta"
+    meta_hidden: int = 9
+    in_channels: int = 3
+
+    def __post_init__(self) -> None:
+        spec = backbone_spec(self.backbone)
+        object.__setattr__(self, "magnifications", tuple(float(m) for m in self.magnifications))
+        if len(self.magnifications) != 3:
+            raise ValueError(f"need three magnifications (X1, X2, X3), got {self.magnifications}")
+        m1, m2, m3 = self.magnifications
+        if not m1 >= m2 >= m3 > 0:
+            raise ValueError(f"magnifications must satisfy X1 >= X2 >= X3 > 0, got {m1, m2, m3}")
+        if self.num_classes < 1 or not self.width > 0 or self.meta_hidden < 1:
+            raise ValueError("num_classes and meta_hidden must be >= 1 and width > 0")
+        if self.patch_size < 1 or self.patch_size % spec.cls.size_multiple:
+            raise ValueError(
+                f"patch_size must be a multiple of {spec.cls.size_multiple} for "
+                f"{self.backbone}, got {self.patch_size}"
+            )
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
+        gaps = spec.default_gap_layers if self.gap_layers is None else tuple(self.gap_layers)
+        unknown = [g for g in gaps if g not in spec.candidate_layers]
+        if unknown or len(set(gaps)) != len(gaps):
+            choices = list(spec.candidate_layers)
+            raise ValueError(f"gap layers {list(gaps)} must be distinct names among {choices}")
+        object.__setattr__(self, "gap_layers", gaps)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dictionary (tuples become lists)."""
+        d = asdict(self)
+        d["magnifications"] = list(self.magnifications)
+        d["gap_layers"] = list(self.gap_layers or ())
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> MSNConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise ValueError."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown model.json key(s): {unknown}")
+        d = dict(data)
+        for key in ("magnifications", "gap_layers"):
+            if d.get(key) is not None:
+                d[key] = tuple(d[key])
+        return cls(**d)
+
+    @property
+    def ratios(self) -> dict[str, float]:
+        """Field-of-view side ratios: X1 in X3, X2 in X3, X1 in X2 (16, 4, 4 by default)."""
+        m1, m2, m3 = self.magnifications
+        return {
+            "x1": magnification_ratio(m1, m3),
+            "x2": magnification_ratio(m2, m3),
+            "x1_in_x2": magnification_ratio(m1, m2),
+        }
+
+
+@dataclass
+class MSNOutput:
+    """S1, S2, S3: branch logits in their own frames; S: fused logits in X1's frame."""
+
+    s1: Tensor
+    s2: Tensor
+    s3: Tensor
+    s: Tensor
+
+
+class MSN(nn.Module):
+    """Meta Segmentation Network: meta-branch, Mem-RMs, fusion (see module docstring)."""
+
+    def __init__(self, config: MSNConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.meta_branch = build_backbone(
+            config.backbone, config.num_classes, config.width, config.in_channels
+        )
+        ratios = config.ratios
+        self.memory_recall = nn.ModuleDict(
+            {
+                b: nn.ModuleDict(
+                    {
+                        g: MemoryRecall(self.meta_branch.layer_channels[g], ratios[b])
+                        for g in self.gap_layers
+                    }
+                )
+                for b in ("x1", "x2")
+            }
+        )
+        nc = config.num_classes
+        self.sigma_dim = 2 * self.meta_branch.output_size
+        if config.fusion == "meta":
+            self.fusion: nn.Module = MetaFusion(nc, self.sigma_dim, hidden=config.meta_hidden)
+        elif config.fusion == "conv":
+            self.fusion = ConvFusion(nc)
+        else:
+            self.fusion = AWMFFusion(nc, config.in_channels, config.width)
+
+    @property
+    def gap_layers(self) -> tuple[str, ...]:
+        return tuple(self.config.gap_layers or ())
+
+    # -- parts, for the three training steps ---------------------------------------------
+    def meta_parameters(self) -> list[nn.Parameter]:
+        """Step 1: the shared meta-branch."""
+        return list(self.meta_branch.parameters())
+
+    def memory_parameters(self, branch: str | None = None) -> list[nn.Parameter]:
+        """Step 2: the Mem-RMs (of one branch, or both)."""
+        parts = self.memory_recall.values() if branch is None else [self._memrm(branch)]
+        return [p for part in parts for p in part.parameters()]
+
+    def fusion_parameters(self) -> list[nn.Parameter]:
+        """Step 3: the fusion (Meta-FM's FC layers, or the ablation's convolutions)."""
+        return list(self.fusion.parameters())
+
+    # -- forward pieces -------------------------------------------------------------------
+    def meta_features(self, x3: Tensor) -> BackboneOutput:
+        """Mem-FP: run X3 through the meta-branch, keep the gap-layer meta-features."""
+        return self.meta_branch(x3, features=self.gap_layers)
+
+    def branch(
+        self,
+        x: Tensor,
+        which: str = "x3",
+        memory: Mapping[str, Tensor] | None = None,
+        features: Sequence[str] = (),
+    ) -> BackboneOutput:
+        """Run one branch: ``x3`` plain; ``x1``/``x2`` with their Mem-RMs fed by ``memory``."""
+        if which == "x3":
+            return self.meta_branch(x, features=features)
+        rms = self._memrm(which)
+        memory = {} if memory is None else memory
+        missing = [g for g in self.gap_layers if g not in memory]
+        if missing:
+            raise ValueError(f"branch {which} needs the X3 meta-features of {missing}")
+        recall = {g: partial(rms[g], a=memory[g]) for g in self.gap_layers}
+        return self.meta_branch(x, features=features, recall=recall)
+
+    def align(self, s: Tensor, which: str, size: Sequence[int]) -> Tensor:
+        """A branch's map in X1's frame: up(crop(s)) (``which`` is ``x2`` or ``x3``)."""
+        ratio = {"x2": self.config.ratios["x1_in_x2"], "x3": self.config.ratios["x1"]}
+        if which not in ratio:
+            raise ValueError(f"which must be 'x2' or 'x3', got {which!r}")
+        return crop_center(s, ratio[which], size)
+
+    def output_gradients(
+        self, out1: BackboneOutput, out2: BackboneOutput, y1: Tensor
+    ) -> tuple[OutputGradient, OutputGradient]:
+        """Per-sample -dL/dWo through the X1 branch (vs Y1) and the X2 branch (S2' vs Y1)."""
+        if out1.penultimate is None or out2.penultimate is None:
+            raise ValueError("branch outputs carry no penultimate tensor")
+        size = out1.logits.shape[-2:]
+        head = self.meta_branch
+        g1 = head.output_gradient(out1.penultimate, y1, size=size, ignore_index=IGNORE_INDEX)
+        g2 = head.output_gradient(
+            out2.penultimate,
+            y1,
+            size=out2.logits.shape[-2:],
+            transform=partial(self.align, which="x2", size=size),
+            ignore_index=IGNORE_INDEX,
+        )
+        return g1, g2
+
+    @torch.no_grad()
+    def support_gradients(
+        self, x1: Tensor, x2: Tensor, x3: Tensor, y1: Tensor
+    ) -> tuple[OutputGradient, OutputGradient]:
+        """Run a support batch (no graph through the branches) and return its σ parts."""
+        mem = self.meta_features(x3).features
+        return self.output_gradients(self.branch(x1, "x1", mem), self.branch(x2, "x2", mem), y1)
+
+    def support_sigma(self, x1: Tensor, x2: Tensor, x3: Tensor, y1: Tensor) -> Tensor:
+        """σ (D,) of one support batch, Eq. 3."""
+        return sigma_from_gradients(*self.support_gradients(x1, x2, x3, y1))
+
+    def store_sigma(self, sigma: Tensor) -> None:
+        """Store the kernels generated from σ* for label-free inference (Meta-FM only)."""
+        if not isinstance(self.fusion, MetaFusion):
+            raise ValueError(f"fusion {self.config.fusion!r} has no σ to store")
+        self.fusion.store(sigma)
+
+    def fuse(
+        self,
+        s1: Tensor,
+        s2: Tensor,
+        s3: Tensor,
+        images: Sequence[Tensor] | None = None,
+        sigma: Tensor | None = None,
+    ) -> Tensor:
+        """Fused logits S in X1's frame from the branch logits in their own frames."""
+        size = s1.shape[-2:]
+        s2a, s3a = self.align(s2, "x2", size), self.align(s3, "x3", size)
+        return self.fusion(s1, s2a, s3a, images=images, sigma=sigma)
+
+    def forward(self, x1: Tensor, x2: Tensor, x3: Tensor, sigma: Tensor | None = None) -> MSNOutput:
+        """All branches and the fusion. Meta-FM uses ``sigma`` (from a *support* batch,
+        never the labels of this batch) or, when None, the stored σ* kernels."""
+        out3 = self.meta_features(x3)
+        s1 = self.branch(x1, "x1", out3.features).logits
+        s2 = self.branch(x2, "x2", out3.features).logits
+        s = self.fuse(s1, s2, out3.logits, images=(x1, x2, x3), sigma=sigma)
+        return MSNOutput(s1, s2, out3.logits, s)
+
+    def _memrm(self, which: str) -> nn.ModuleDict:
+        if which not in ("x1", "x2"):
+            raise ValueError(f"Mem-RMs exist for branches 'x1' and 'x2', not {which!r}")
+        return self.memory_recall[which]  # type: ignore[return-value]

@@ -1,0 +1,143 @@
+"""σ = -dL/dWo against finite differences; Meta-FM kernels; the ablation fusions."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from msn_cli.models.awmf import AWMFFusion
+from msn_cli.models.base import OutputGradient
+from msn_cli.models.fusion import (
+    ConvFusion,
+    MetaFusion,
+    SigmaAccumulator,
+    average_kernels,
+    sigma_from_gradients,
+)
+from msn_cli.models.memory import crop_center
+from msn_cli.models.registry import build_backbone
+
+NC = 3
+
+
+def _fd_gradient(net, pen, y, transform=None) -> torch.Tensor:
+    """Central finite differences of the mean CE w.r.t. [Wo.weight, Wo.bias], float64."""
+    wo = net.output_layer
+    params = torch.cat([wo.weight.detach().flatten(), wo.bias.detach()]).double()
+    n_w = wo.weight.numel()
+
+    def loss(theta: torch.Tensor) -> torch.Tensor:
+        w = theta[:n_w].reshape(wo.weight.shape)
+        logits = F.conv2d(pen.double(), w, theta[n_w:])
+        logits = F.interpolate(
+            logits,
+            size=y.shape[-2:] if transform is None else (16, 16),
+            mode="bilinear",
+            align_corners=False,
+        )
+        if transform is not None:
+            logits = transform(logits)
+        return F.cross_entropy(logits, y, ignore_index=255)
+
+    eps, grad = 1e-5, torch.zeros_like(params)
+    for i in range(params.numel()):
+        d = torch.zeros_like(params)
+        d[i] = eps
+        grad[i] = (loss(params + d) - loss(params - d)) / (2 * eps)
+    return -grad
+
+
+@pytest.mark.parametrize("crop", [False, True])
+def test_sigma_matches_finite_differences(crop: bool) -> None:
+    torch.manual_seed(0)
+    net = build_backbone("unet", NC, width=0.05).eval()  # Wo: 4 -> 3 channels
+    x = torch.randn(2, 3, 16, 16)
+    y = torch.randint(0, NC, (2, 16, 16))
+    y[0, :3] = 255
+    with torch.no_grad():
+        pen = net(x).penultimate
+    transform = partial(crop_center, ratio=4, size=(16, 16)) if crop else None
+    g = net.output_gradient(pen, y, size=(16, 16), transform=transform)
+    assert g.grad_sum.shape == (2, net.output_size)
+    assert g.count.tolist() == [16 * 13, 16 * 16]
+    expect = _fd_gradient(net, pen, y, transform)
+    torch.testing.assert_close(g.mean().double(), expect, rtol=1e-4, atol=1e-6)
+
+
+def test_sigma_streams_and_per_sample() -> None:
+    torch.manual_seed(0)
+    g1 = OutputGradient(torch.randn(4, 5), torch.tensor([10, 0, 3, 7]))
+    g2 = OutputGradient(torch.randn(4, 5), torch.tensor([1, 2, 3, 4]))
+    full = sigma_from_gradients(g1, g2)
+    acc = SigmaAccumulator()
+    for sl in (slice(0, 1), slice(1, 4)):
+        acc.update(*(OutputGradient(g.grad_sum[sl], g.count[sl]) for g in (g1, g2)))
+    torch.testing.assert_close(acc.sigma().float(), full)
+    assert sigma_from_gradients(g1, g2, per_sample=True).shape == (4, 10)
+    with pytest.raises(ValueError, match="no support"):
+        SigmaAccumulator().sigma()
+
+
+def _maps(b: int = 2, size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.randn(b, NC, size, size), torch.randn(b, NC, size, size)
+
+
+def test_meta_fusion_kernels_and_sigma_dependence() -> None:
+    torch.manual_seed(0)
+    fm = MetaFusion(NC, sigma_dim=24)
+    sigma = torch.randn(24)
+    w1, b1, w2, b2 = fm.kernels(fm.generate(sigma))
+    assert (w1.shape, b1.shape, w2.shape, b2.shape) == (
+        (NC, 2 * NC, 3, 3),
+        (NC,),
+        (NC, NC, 3, 3),
+        (NC,),
+    )
+    batch = fm.kernels(fm.generate(torch.randn(5, 24)))
+    assert batch[0].shape == (5, NC, 2 * NC, 3, 3) and batch[3].shape == (5, NC)
+    s1, s2 = _maps()
+    a, b = fm(s1, s2, sigma=sigma), fm(s1, s2, sigma=-sigma)
+    assert a.shape == (2, NC, 8, 8)
+    assert not torch.allclose(a, b)
+    # it starts as "average the two branches"
+    avg = (s1.softmax(1) + s2.softmax(1)) / 2
+    torch.testing.assert_close(a, avg, atol=0.05, rtol=0)
+    # σ is normalised: its scale does not matter
+    torch.testing.assert_close(fm(s1, s2, sigma=sigma * 1e-25), a)
+    torch.testing.assert_close(fm(s1, s2, sigma=sigma * 1e6), a)
+    # per-sample σ equals the shared one when the rows agree
+    torch.testing.assert_close(fm(s1, s2, sigma=sigma.expand(2, 24)), a, atol=1e-6, rtol=1e-5)
+    loss = fm(s1, s2, sigma=sigma).sum()
+    loss.backward()
+    assert fm.fc1.weight.grad is not None and fm.fc1.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="D=24"):
+        fm.generate(torch.randn(7))
+
+
+def test_exact_average_kernels() -> None:
+    s1, s2 = _maps()
+    p = torch.cat([s1.softmax(1), s2.softmax(1)], 1)
+    w1, b1, w2, b2 = average_kernels(NC)
+    out = F.conv2d(F.relu(F.conv2d(p, w1, b1, padding=1)), w2, b2, padding=1)
+    torch.testing.assert_close(out, (s1.softmax(1) + s2.softmax(1)) / 2)
+    torch.testing.assert_close(ConvFusion(NC, init="average")(s1, s2), out)
+    assert ConvFusion(NC)(s1, s2).shape == out.shape
+    with pytest.raises(ValueError, match="same shape"):
+        ConvFusion(NC)(s1, s2[..., :4, :4])
+
+
+def test_awmf_fusion_shapes_and_gradients() -> None:
+    torch.manual_seed(0)
+    fusion = AWMFFusion(NC, width=0.0625)
+    s1, s2 = _maps(size=32)
+    s3 = torch.randn_like(s1)
+    images = [torch.randn(2, 3, 32, 32) for _ in range(3)]
+    out = fusion(s1, s2, s3, images=images)
+    assert out.shape == s1.shape
+    out.sum().backward()
+    assert all(p.grad is not None for p in fusion.parameters())
+    with pytest.raises(ValueError, match="three images"):
+        fusion(s1, s2, s3)
