@@ -83,8 +83,9 @@ class MaskLabels:
     TIFF). Instances pickle (the TIFF is reopened lazily in the receiving process).
 
     Example:
-        >>> labels = MaskLabels("slide_mask.png", (40000, 30000), {0: 0, 255: 1}, num_classes=2)
-        >>> labels.downsample
+        >>> values = {0: 0, 255: 1}  # doctest: +SKIP
+        >>> labels = MaskLabels("a_mask.png", (40000, 30000), values, 2)  # doctest: +SKIP
+        >>> labels.downsample  # doctest: +SKIP
         (16.0, 16.0)
     """
 

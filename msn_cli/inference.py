@@ -1,0 +1,73 @@
+"""What a trained checkpoint can predict, and one function that runs it on a batch.
+
+Outputs depend on the finished stages (and on ``model.json``'s ``input``):
+
+* meta only: the meta-branch applied directly to X1, X2 and X3 (the paper's Table 3
+  "Meta-branch" row);
+* meta + memrm: X1 and X2 through their Mem-RMs (fed by X3's meta-features), X3 plain;
+* + fusion: also the fused map S, in X1's frame;
+* a single-resolution baseline (``train-meta --input x1``): only that input's output.
+
+``train-*`` validation, ``evaluate`` and ``predict`` all call :func:`run_branches`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+OUTPUTS = ("x1", "x2", "x3", "fusion")
+
+
+def available_outputs(stages: Sequence[str], model_input: str = "x3") -> tuple[str, ...]:
+    """The outputs a checkpoint with ``stages`` finished can produce.
+
+    Example:
+        >>> available_outputs(("meta",)), available_outputs(("meta", "memrm", "fusion"))
+        (('x1', 'x2', 'x3'), ('x1', 'x2', 'x3', 'fusion'))
+        >>> available_outputs(("meta",), "x1")
+        ('x1',)
+    """
+    if "meta" not in stages:
+        return ()
+    if model_input != "x3":
+        return (model_input,)
+    return OUTPUTS if "fusion" in stages else OUTPUTS[:3]
+
+
+@torch.no_grad()
+def run_branches(
+    model,
+    stages: Sequence[str],
+    card,
+    x1: Tensor,
+    x2: Tensor,
+    x3: Tensor,
+    outputs: Sequence[str] | None = None,
+) -> dict[str, Tensor]:
+    """Logits of each requested output: branches in their own frames, ``fusion`` in X1's.
+
+    ``x1 x2 x3`` are normalised float inputs on the model's device (``runtime.to_input``);
+    ``card`` is the checkpoint's ModelCard. ``outputs`` defaults to everything available.
+    """
+    have = available_outputs(stages, card.input)
+    want = tuple(have if outputs is None else outputs)
+    missing = [o for o in want if o not in have]
+    if missing:
+        raise ValueError(f"outputs {missing} need stages not finished (have {list(stages)})")
+    inputs = {"x1": x1, "x2": x2, "x3": x3}
+    if card.input != "x3" or "memrm" not in stages:
+        return {o: model.meta_branch(inputs[o]).logits for o in want}
+    meta = model.meta_features(x3)
+    out: dict[str, Tensor] = {}
+    if "x3" in want or "fusion" in want:
+        out["x3"] = meta.logits
+    if "x1" in want or "fusion" in want:
+        out["x1"] = model.branch(x1, "x1", meta.features).logits
+    if "x2" in want or "fusion" in want:
+        out["x2"] = model.branch(x2, "x2", meta.features).logits
+    if "fusion" in want:
+        out["fusion"] = model.fuse(out["x1"], out["x2"], out["x3"], images=(x1, x2, x3))
+    return {o: out[o] for o in want}
