@@ -84,7 +84,7 @@ class MaskLabels:
 
     Example:
         >>> values = {0: 0, 255: 1}  # doctest: +SKIP
-        >>> labels = MaskLabels("a_mask.png", (40000, 30000), values, 2)  # doctest: +SKIP
+        >>> labels = MaskLabels("m.png", (40000, 30000), values, num_classes=2)  # doctest: +SKIP
         >>> labels.downsample  # doctest: +SKIP
         (16.0, 16.0)
     """
