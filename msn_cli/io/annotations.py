@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from msn_cli.errors import MsnError, MsnUsageError
+from msn_cli.io.atomic import atomic_write_text
 from msn_cli.io.labelmask import (
     LOSSY_SUFFIXES,
     MASK_SUFFIXES,
@@ -331,15 +332,13 @@ def open_labels(
     return PolygonLabels(polygons, image_size, background)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _closed(ring: np.ndarray) -> list[list[float]]:
     pts = ring.tolist()
     return pts + pts[:1] if pts and pts[0] != pts[-1] else pts
+
+
+def _hex(rgb: Sequence[int]) -> str:
+    return "#{:02X}{:02X}{:02X}".format(*rgb)
 
 
 def write_geojson(
@@ -361,30 +360,43 @@ def write_geojson(
             "properties": {"objectType": "annotation",
                            "classification": {"name": p.name, "color": list(rgb)}},
         })  # fmt: skip
-    _atomic_write(Path(path), json.dumps({"type": "FeatureCollection", "features": feats}))
+    doc = {"type": "FeatureCollection", "features": feats}
+    atomic_write_text(path, json.dumps(doc, separators=(",", ":")))
 
 
-def write_asap_xml(path: str | os.PathLike[str], polygons: Sequence[LabelledPolygon]) -> None:
-    """Write polygons as ASAP XML (group = class name), atomically. ASAP has no holes."""
+def write_asap_xml(
+    path: str | os.PathLike[str],
+    polygons: Sequence[LabelledPolygon],
+    colors: Mapping[str, tuple[int, int, int]] | None = None,
+) -> None:
+    """Write polygons as ASAP XML (group = class name), atomically. ASAP has no holes.
+
+    With ``colors``, every class in it gets a group (in its order), present or not.
+    """
     root = ET.Element("ASAP_Annotations")
     annots = ET.SubElement(root, "Annotations")
     for i, p in enumerate(polygons):
         if p.holes:
             raise ValueError(f"{path}: ASAP XML cannot hold polygon holes (polygon {i})")
+        rgb = (colors or {}).get(p.name, _PALETTE[p.label % len(_PALETTE)])
         a = ET.SubElement(
             annots,
             "Annotation",
             Name=f"Annotation {i}",
             Type="Polygon",
             PartOfGroup=p.name,
-            Color="#F4FA58",
+            Color=_hex(rgb),
         )
         coords = ET.SubElement(a, "Coordinates")
         for k, (x, y) in enumerate(p.exterior.tolist()):
             ET.SubElement(coords, "Coordinate", Order=str(k), X=repr(x), Y=repr(y))
     groups = ET.SubElement(root, "AnnotationGroups")
-    for name in dict.fromkeys(p.name for p in polygons):
-        g = ET.SubElement(groups, "Group", Name=name, PartOfGroup="None", Color="#64FE2E")
+    names = list(colors) if colors else list(dict.fromkeys(p.name for p in polygons))
+    for name in names:
+        rgb = (colors or {}).get(name, (100, 254, 46))
+        g = ET.SubElement(groups, "Group", Name=name, PartOfGroup="None", Color=_hex(rgb))
         ET.SubElement(g, "Attributes")
     ET.indent(root)
-    _atomic_write(Path(path), ET.tostring(root, encoding="unicode") + "\n")
+    atomic_write_text(
+        path, '<?xml version="1.0"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+    )

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 
 from msn_cli.errors import MsnUsageError
+from msn_cli.io.annotations import LabelledPolygon, write_asap_xml, write_geojson
 from msn_cli.synth import texture
-from msn_cli.synth.annotations import write_asap_xml, write_geojson
 from msn_cli.synth.geometry import bbox, fill_polygon
-from msn_cli.synth.layout import CLASS_NAMES, Layout, make_layout
+from msn_cli.synth.layout import CLASS_COLORS, CLASS_NAMES, Layout, make_layout
 from msn_cli.synth.pyramid import level_dimensions, write_pyramid
 
 
@@ -89,6 +89,15 @@ def _appearance(layout: Layout, x0: int, y0: int, w: int, h: int) -> np.ndarray:
     return out
 
 
+def region_polygons(regions) -> list[LabelledPolygon]:
+    """One labelled polygon per region part (coordinates to 1/100 px: compact, exact enough)."""
+    return [
+        LabelledPolygon(r.label, r.name, np.round(part.astype(np.float64), 2))
+        for r in regions
+        for part in r.parts
+    ]
+
+
 def write_synthetic_slide(
     path: str | os.PathLike[str],
     size: tuple[int, int] = (4096, 4096),
@@ -140,8 +149,11 @@ def write_synthetic_slide(
     )
     geojson = xml = None
     if annotations:
-        geojson = write_geojson(path.with_suffix(".geojson"), layout.regions)
-        xml = write_asap_xml(path.with_suffix(".xml"), layout.regions)
+        polygons = region_polygons(layout.regions)
+        colors = dict(zip(CLASS_NAMES, CLASS_COLORS, strict=True))
+        geojson, xml = path.with_suffix(".geojson"), path.with_suffix(".xml")
+        write_geojson(geojson, polygons, colors)
+        write_asap_xml(xml, polygons, colors)
     downsamples = tuple((width / w + height / h) / 2 for w, h in dims)
     return SlideTruth(
         path, (width, height), tuple(dims), downsamples, mpp, layout, seed, geojson, xml
