@@ -42,3 +42,18 @@ def msn_invoke(monkeypatch):
         return runner.invoke(cli.app, [str(a) for a in args], env=env)
 
     return invoke
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--slow", action="store_true", help="also run the slow cases (every kill point, ...)"
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--slow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
