@@ -23,7 +23,7 @@ The four classes are designed so that the scales of the paper are each needed:
 - *in situ* vs *invasive* differ **only in wide context**: both carry the same darker tumour
   texture (larger, denser nuclei). An in situ region is a large rounded duct (about 850-1200 px
   across) whose outer band (about 60-80 px) is a dark wall; an invasive region is a spiky
-  star-shaped mass with small satellite nests scattered around it (one MultiPolygon feature).
+  star-shaped mass with small satellite nests scattered around it (one polygon per part).
   A 256-px X1 window inside either sees the same texture and nothing else, while X3 (256 px at
   16x, a 4096-px field of view) sees the wall or the spikes and satellites around it.
 - the two pairs differ in mean colour (pink vs purple), visible at every scale.
