@@ -222,6 +222,7 @@ class CheckpointDir:
 def load_checkpoint_file(path: str | os.PathLike[str]) -> Any:
     """``torch.load(weights_only=True)`` on CPU, with a one-line error for a bad file."""
     import pickle
+    import warnings
 
     import torch
 
@@ -229,7 +230,9 @@ def load_checkpoint_file(path: str | os.PathLike[str]) -> Any:
     if not path.is_file():
         raise MsnError(path, "no such checkpoint file")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about odd pickles; our error says it all
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise MsnError(path, f"not a loadable msn checkpoint (refused: {first[:200]})") from exc
