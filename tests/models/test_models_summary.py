@@ -72,3 +72,15 @@ def test_config_round_trip_and_validation() -> None:
             MSNConfig(**bad)
     with pytest.raises(ValueError, match="unknown model.json"):
         MSNConfig.from_dict({"colour": "red"})
+
+
+def test_msn_info_models_prints_the_table_and_json(msn_invoke) -> None:
+    import json
+
+    table = msn_invoke("info", "--models", "--classes", "4")
+    assert table.exit_code == 0, table.output
+    assert "MSN † (BiSeNet)" in table.stdout and "15.6" in table.stdout
+    js = msn_invoke("info", "--models", "--classes", "2", "--json")
+    rows = {r["name"]: r for r in json.loads(js.stdout)}
+    assert abs(rows["fusion: Meta-FM"]["params_m"] - 0.006) < 0.001
+    assert rows["fusion: Meta-FM"]["paper_m"] == 0.006
