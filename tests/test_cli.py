@@ -29,7 +29,7 @@ COMMANDS = [
     "info",
     "synth",
 ]
-NOT_YET = ["train-meta", "train-memrm", "train-fusion", "predict", "evaluate"]
+NOT_YET = ["train-meta", "train-memrm", "train-fusion"]
 
 
 def lines(text: str) -> list[str]:

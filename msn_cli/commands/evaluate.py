@@ -2,27 +2,206 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
 from msn_cli.console import reported
-from msn_cli.errors import MsnError
+from msn_cli.errors import MsnUsageError
 from msn_cli.options import (
     DEFAULT_CHECKPOINTS,
+    DEFAULT_CLASSES,
     DEFAULT_STORE,
     CheckpointsOpt,
     DeviceOpt,
     StoreOpt,
+    parse_classes,
     parse_device,
 )
+
+_SLIDE = "Slide mode"
+_OUT = "Outputs"
 
 
 @reported
 def evaluate(
+    runs: Annotated[
+        list[Path] | None,
+        typer.Argument(
+            help="Result files of earlier `--json` runs, with --compare.",
+            show_default=False,
+            metavar="RUNS",
+        ),
+    ] = None,
     store: StoreOpt = DEFAULT_STORE,
     checkpoints: CheckpointsOpt = DEFAULT_CHECKPOINTS,
+    split: Annotated[str, typer.Option(help="Store split to score: train, sub-train, test.")] = (
+        "test"
+    ),
+    batch_size: Annotated[int, typer.Option(min=1, help="Patches per forward pass.")] = 16,
     device: DeviceOpt = "auto",
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Processes reading the store (default: up to 4; 0: none).",
+            show_default=False,
+        ),
+    ] = None,
+    pred: Annotated[
+        Path | None,
+        typer.Option(
+            help="Predicted mask TIFF (class indices) of one slide.", rich_help_panel=_SLIDE
+        ),
+    ] = None,
+    truth: Annotated[
+        Path | None,
+        typer.Option(
+            help="Its annotations (GeoJSON, ASAP XML) or label mask.", rich_help_panel=_SLIDE
+        ),
+    ] = None,
+    slide: Annotated[
+        Path | None,
+        typer.Option(
+            help="The slide (its level-0 size; default: the mask's).", rich_help_panel=_SLIDE
+        ),
+    ] = None,
+    manifest: Annotated[
+        Path | None,
+        typer.Option(
+            help="CSV of pairs, header pred,truth[,slide][,name].", rich_help_panel=_SLIDE
+        ),
+    ] = None,
+    classes: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated class names, index 0 first (default: the classes the mask "
+            f"records, else {DEFAULT_CLASSES}).",
+            rich_help_panel=_SLIDE,
+            show_default=False,
+        ),
+    ] = None,
+    unannotated: Annotated[
+        str,
+        typer.Option(
+            help="Unannotated pixels: 'normal' (class 0) or 'ignore'.", rich_help_panel=_SLIDE
+        ),
+    ] = "normal",
+    mask_values: Annotated[
+        str | None,
+        typer.Option(
+            help="Truth-mask value to class, e.g. 0:normal,255:lesion.", rich_help_panel=_SLIDE
+        ),
+    ] = None,
+    compare: Annotated[
+        bool, typer.Option("--compare", help="Print RUNS side by side (rows = runs).")
+    ] = False,
+    labels: Annotated[
+        str | None, typer.Option(help="Comma-separated row names for --compare.")
+    ] = None,
+    method: Annotated[
+        str | None, typer.Option(help="Row name of this run (default: from the checkpoint).")
+    ] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the scores as JSON.", rich_help_panel=_OUT)
+    ] = None,
+    csv: Annotated[
+        Path | None, typer.Option(help="Write the table as CSV.", rich_help_panel=_OUT)
+    ] = None,
+    markdown: Annotated[
+        Path | None, typer.Option(help="Write the table as markdown.", rich_help_panel=_OUT)
+    ] = None,
+    figures: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder for training curves, gap-layer stats and a patch grid.",
+            rich_help_panel=_OUT,
+        ),
+    ] = None,
+    figure_patches: Annotated[
+        int, typer.Option(min=1, help="Patches in the figure grid.", rich_help_panel=_OUT)
+    ] = 6,
 ) -> None:
-    """Per-branch mIoU on the store's test split, or of masks against annotations.
+    """Per-branch mIoU on the store's test split, masks against annotations, or a comparison.
 
-    Example: `msn evaluate --store store.zarr --checkpoints ckpt --split test`
+    Example: `msn evaluate --store store.zarr --checkpoints ckpt --json msn.json` ·
+    `msn evaluate --pred A01_mask.tif --truth A01.xml --slide A01.svs` ·
+    `msn evaluate --compare msn.json bisenet.json --markdown table.md`
     """
+    from msn_cli.evaluation import report
+    from msn_cli.stages import evaluate as stage
+
+    slide_mode = pred is not None or manifest is not None
+    if runs and not compare:
+        raise MsnUsageError("RUNS", "result files are compared with --compare")
+    if compare:
+        if not runs:
+            raise MsnUsageError("--compare", "give the result JSON files to compare")
+        if slide_mode or figures is not None or json_out is not None:
+            raise MsnUsageError(
+                "--compare", "--compare takes only RUNS, --labels, --csv, --markdown"
+            )
+        names = [s.strip() for s in labels.split(",")] if labels else None
+        if names is not None and len(names) != len(runs):
+            raise MsnUsageError("--labels", f"{len(names)} label(s) for {len(runs)} run(s)")
+        report.print_comparison(stage.compare_results(runs, names, csv, markdown))
+        return
+    if labels is not None:
+        raise MsnUsageError("--labels", "only with --compare (name this run with --method)")
+    if slide_mode:
+        if figures is not None:
+            raise MsnUsageError(
+                "--figures", "figures come from store mode (--store, --checkpoints)"
+            )
+        if unannotated not in ("normal", "ignore"):
+            raise MsnUsageError("--unannotated", f"{unannotated!r} is not normal or ignore")
+        if manifest is not None:
+            if pred or truth or slide:
+                raise MsnUsageError("--manifest", "give --manifest or --pred/--truth, not both")
+            pairs = stage.read_pairs(manifest)
+        else:
+            if truth is None:
+                raise MsnUsageError("--truth", "--pred needs --truth (annotations or label mask)")
+            pairs = [stage.SlidePair(pred, truth, slide)]  # type: ignore[arg-type]
+        if classes is not None:
+            names = parse_classes(classes)
+        else:
+            names = stage.recorded_classes(pairs) or parse_classes(DEFAULT_CLASSES)
+        if mask_values is not None:
+            from msn_cli.io.annotations import parse_mask_values
+
+            parse_mask_values(mask_values, names)
+        result = stage.evaluate_slide_pairs(
+            pairs, names, unannotated, mask_values, method, json_out
+        )
+        report.print_slides(result)
+        stage.single_table(result, csv, markdown)
+        return
+    if truth is not None or slide is not None:
+        raise MsnUsageError("--truth", "--truth and --slide belong with --pred")
+    from msn_cli.io.store import SPLITS
+
+    if split not in SPLITS:
+        raise MsnUsageError("--split", f"{split!r} is not one of {', '.join(SPLITS)}")
     parse_device(device)
-    raise MsnError(None, "`msn evaluate` is not implemented yet")
+    if workers is None:
+        import os
+
+        workers = min(4, max(0, (os.cpu_count() or 1) - 1))
+    result, written = stage.evaluate_store(
+        store,
+        checkpoints,
+        split,
+        batch_size,
+        device,
+        method,
+        json_out,
+        figures,
+        figure_patches,
+        workers,
+    )
+    report.print_comparison(stage.single_table(result, csv, markdown))
+    report.print_store_details(result)
+    for p in written:
+        typer.echo(f"wrote {p}")

@@ -2,36 +2,169 @@
 
 from __future__ import annotations
 
+import traceback
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from msn_cli.console import reported
-from msn_cli.errors import MsnError
+from msn_cli.console import error, reported, state
+from msn_cli.errors import MsnUsageError
 from msn_cli.options import (
     DEFAULT_CHECKPOINTS,
     CheckpointsOpt,
     DeviceOpt,
     ShardOpt,
     WorkersOpt,
+    parse_classes,
     parse_device,
     parse_shard,
 )
 
+MASK_SUFFIXES = (".tif", ".tiff")
+
 
 @reported
 def predict(
-    slides: Annotated[list[Path] | None, typer.Argument(help="Slides to segment.")] = None,
+    slides: Annotated[
+        list[Path] | None, typer.Argument(help="Slides or images to segment.", show_default=False)
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Mask file (one slide: mask.tif) or folder (DIR/<slide>.tif for each slide).",
+            show_default=False,
+        ),
+    ] = None,
     checkpoints: CheckpointsOpt = DEFAULT_CHECKPOINTS,
+    branch: Annotated[
+        str | None,
+        typer.Option(
+            help="Output that becomes the mask: fusion, x1, x2 or x3 (default: fusion "
+            "when trained, else x1)."
+        ),
+    ] = None,  # fmt: skip
+    probabilities: Annotated[
+        Path | None,
+        typer.Option(help="Per-class probabilities (float16, one per 16x16 px) into this Zarr."),
+    ] = None,
+    geojson: Annotated[
+        Path | None, typer.Option(help="Class polygons as QuPath GeoJSON into this file.")
+    ] = None,
+    overlay: Annotated[
+        Path | None, typer.Option(help="Thumbnail PNG of slide and mask with a class legend.")
+    ] = None,
+    manifest: Annotated[
+        Path | None, typer.Option(help="CSV whose 'slide' column lists the slides.")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Patch triplets per forward pass.")] = 32,
+    min_tissue: Annotated[
+        float,
+        typer.Option(
+            help="Tissue fraction a patch needs to be predicted (others: class 0); "
+            "0 predicts every patch."
+        ),
+    ] = 0.01,  # fmt: skip
+    mpp: Annotated[
+        float | None, typer.Option(help="Base resolution of X1 in µm/px, as given to tile.")
+    ] = None,
+    classes: Annotated[
+        str | None, typer.Option(help="Expected class names; refuse a checkpoint with others.")
+    ] = None,
+    geojson_frame: Annotated[
+        str,
+        typer.Option(
+            help="GeoJSON coordinates: 'qupath' (level 0 minus the OpenSlide bounds "
+            "offset QuPath crops to) or 'level0'."
+        ),
+    ] = "qupath",  # fmt: skip
+    amp: Annotated[
+        bool, typer.Option(help="Mixed precision on CUDA (faster; may differ from evaluate).")
+    ] = False,
     device: DeviceOpt = "auto",
     workers: WorkersOpt = 0,
     shard: ShardOpt = None,
 ) -> None:
-    """Segment whole slides into pyramidal TIFF masks.
+    """Segment whole slides into pyramidal TIFF masks (OpenSlide, tifffile and QuPath open them).
 
-    Example: `msn predict slide.svs --checkpoints ckpt --out mask.tif`
+    Example: `msn predict slide.svs --checkpoints ckpt --out mask.tif --geojson mask.geojson`
     """
+    from msn_cli.io.manifest import read_manifest
+    from msn_cli.stages.predict import PredictConfig
+    from msn_cli.stages.predict import predict as run_predict
+
     parse_device(device)
-    parse_shard(shard)
-    raise MsnError(None, "`msn predict` is not implemented yet")
+    index, count = parse_shard(shard)
+    if out is None:
+        raise MsnUsageError("--out", "give the mask file (mask.tif) or an output folder")
+    paths = [r.slide for r in read_manifest(manifest)] if manifest else []
+    paths += list(slides or [])
+    if not paths:
+        raise MsnUsageError("SLIDE", "give at least one slide or --manifest")
+    expected = parse_classes(classes) if classes else None
+    folder = len(paths) > 1 or out.is_dir() or out.suffix.lower() not in MASK_SUFFIXES
+    jobs = [_job(p, out, folder, probabilities, geojson, overlay) for p in paths][index::count]
+    config = PredictConfig(
+        checkpoints=Path(checkpoints),
+        branch=branch,
+        batch_size=batch_size,
+        device=device,
+        min_tissue=min_tissue,
+        mpp=mpp,
+        workers=workers,
+        amp=amp,
+        classes=expected,
+        geojson_frame=geojson_frame,
+    )
+    results = run_predict(jobs, config)
+    if any(r.status != "failed" for r in results):
+        _print_results(results)
+    failed = [r for r in results if r.status == "failed"]
+    for r in failed:
+        if state["debug"] and r.exc is not None:
+            traceback.print_exception(r.exc)
+        error(r.error or f"{r.slide}: failed")
+    if failed:
+        raise typer.Exit(1)
+
+
+def _job(slide: Path, out: Path, folder: bool, probs, geojson, overlay):
+    """Output paths of one slide: the given files, or ``<folder>/<slide>.<ext>`` in folder mode
+    (then --probabilities/--geojson/--overlay name folders too)."""
+    from msn_cli.io.store import slide_name
+    from msn_cli.stages.predict import PredictJob
+
+    if not folder:
+        return PredictJob(slide, out, probs, geojson, overlay)
+    stem = slide_name(slide)
+    return PredictJob(
+        slide,
+        out / f"{stem}.tif",
+        probs / f"{stem}.zarr" if probs else None,
+        geojson / f"{stem}.geojson" if geojson else None,
+        overlay / f"{stem}.png" if overlay else None,
+    )
+
+
+def _print_results(results) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="msn predict")
+    for col in ("slide", "status", "mask", "patches", "predicted", "Mpx", "seconds", "Mpx/s"):
+        table.add_column(col, justify="left" if col in ("slide", "status", "mask") else "right")
+    for r in results:
+        rate = f"{r.megapixels / r.seconds:.1f}" if r.seconds > 0 and r.megapixels else "-"
+        status = r.status + (f" ({r.bands_reused} bands kept)" if r.bands_reused else "")
+        table.add_row(
+            r.slide.name,
+            status,
+            str(r.out),
+            str(r.n_grid),
+            str(r.n_predicted),
+            f"{r.megapixels:.1f}",
+            f"{r.seconds:.1f}",
+            rate,
+        )
+    Console(soft_wrap=True).print(table)

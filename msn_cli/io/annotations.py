@@ -50,6 +50,7 @@ from msn_cli.io.rasterise import (
     match_class,
     out_of_bounds,
 )
+from msn_cli.palette import class_color
 
 __all__ = [
     "BACH_ALIASES", "BACH_CLASSES", "IGNORE", "MAX_MASK_PIXELS", "AnnotationWarning",
@@ -61,7 +62,6 @@ __all__ = [
 GEOJSON_SUFFIXES = (".geojson", ".json")
 XML_SUFFIXES = (".xml",)
 _ASAP_POLYGON_TYPES = {"polygon", "rectangle", "spline"}
-_PALETTE = [(0, 0, 0), (0, 160, 0), (230, 200, 0), (230, 0, 0), (0, 90, 230), (160, 0, 200)]
 
 
 class AnnotationWarning(UserWarning):
@@ -352,7 +352,7 @@ def write_geojson(
     """
     feats = []
     for p in polygons:
-        rgb = (colors or {}).get(p.name, _PALETTE[p.label % len(_PALETTE)])
+        rgb = (colors or {}).get(p.name, class_color(p.label))
         feats.append({
             "type": "Feature",
             "geometry": {"type": "Polygon", "coordinates": [_closed(r) for r in (p.exterior,
@@ -378,7 +378,7 @@ def write_asap_xml(
     for i, p in enumerate(polygons):
         if p.holes:
             raise ValueError(f"{path}: ASAP XML cannot hold polygon holes (polygon {i})")
-        rgb = (colors or {}).get(p.name, _PALETTE[p.label % len(_PALETTE)])
+        rgb = (colors or {}).get(p.name, class_color(p.label))
         a = ET.SubElement(
             annots,
             "Annotation",

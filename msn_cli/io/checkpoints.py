@@ -215,7 +215,8 @@ class CheckpointDir:
             try:
                 part.load_state_dict(state)
             except (RuntimeError, KeyError, TypeError) as exc:
-                raise MsnError(st.weights, f"weights do not fit model.json: {exc}") from exc
+                first = " ".join(str(exc).split())[:300]  # torch's message spans many lines
+                raise MsnError(st.weights, f"weights do not fit model.json: {first}") from exc
         return model.to(device).eval(), tuple(wanted)
 
 

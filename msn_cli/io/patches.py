@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from msn_cli.errors import MsnUsageError
+from msn_cli.errors import MsnError, MsnUsageError
 from msn_cli.io.slide import Slide, cut, level_box, read_padded, resample_margin
 
 BRANCHES = ("x1", "x2", "x3")
@@ -187,3 +187,16 @@ def region_blocks(corners: np.ndarray, geometry: PatchGeometry, block: int) -> l
     keys = by[order] * (bx.max() + 1) + bx[order]
     splits = np.flatnonzero(np.diff(keys)) + 1
     return np.split(order, splits)
+
+
+def base_downsample(slide: Slide, mpp: float | None) -> float:
+    """Level-0 downsample of X1: 1, or ``mpp`` / the slide's own µm per pixel (``--mpp``)."""
+    if mpp is None:
+        return 1.0
+    if slide.mpp is None:
+        raise MsnError(slide.path, "the slide records no microns per pixel; cannot use --mpp")
+    if mpp < slide.mpp * 0.999:
+        raise MsnError(
+            slide.path, f"--mpp {mpp} is finer than the slide's base resolution ({slide.mpp:.4g})"
+        )
+    return mpp / slide.mpp

@@ -23,7 +23,7 @@ import numpy as np
 from msn_cli.errors import MsnError, MsnUsageError
 from msn_cli.io import annotations as ann
 from msn_cli.io.labelmask import MaskLabels
-from msn_cli.io.patches import Levels, PatchGeometry, extract, region_blocks
+from msn_cli.io.patches import Levels, PatchGeometry, base_downsample, extract, region_blocks
 from msn_cli.io.slide import cached_slide, fingerprint, open_slide
 from msn_cli.io.store import IGNORE_LABEL, SPLITS, PatchStore, StoreSpec, slide_name
 from msn_cli.io.tissue import patch_fractions, thumbnail_downsample, thumbnail_mask
@@ -131,7 +131,7 @@ def tile_slide(store: PatchStore, job: SlideJob, config: TileConfig) -> SlideRes
     )
     if config.mask_values and not isinstance(labels, MaskLabels):
         log.warning("%s: --mask-values applies to label masks only; ignored", label_path)
-    base = _base_downsample(slide, config.mpp)
+    base = base_downsample(slide, config.mpp)
     params = {
         "levels": list(config.levels.magnifications),
         "patch_size": config.patch_size,
@@ -232,15 +232,3 @@ def _write_blocks(writer, path, geometry, centres, blocks, labels, config, name)
         if buf.n:
             writer.write_shard(shard, buf)
     return counts
-
-
-def _base_downsample(slide, mpp: float | None) -> float:
-    if mpp is None:
-        return 1.0
-    if slide.mpp is None:
-        raise MsnError(slide.path, "the slide records no microns per pixel; cannot use --mpp")
-    if mpp < slide.mpp * 0.999:
-        raise MsnError(
-            slide.path, f"--mpp {mpp} is finer than the slide's base resolution ({slide.mpp:.4g})"
-        )
-    return mpp / slide.mpp

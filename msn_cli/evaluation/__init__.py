@@ -1,0 +1,61 @@
+"""``msn evaluate``: the paper's per-branch mIoU tables, slide scores, comparisons and figures.
+
+mIoU (the definition every msn number uses; :mod:`msn_cli.metrics` computes it)
+--------------------------------------------------------------------------------
+One confusion matrix (rows: truth, columns: prediction) is accumulated over **every labelled
+pixel** of everything evaluated: all patches of the split (store mode) or all pixels of the slide
+(slide mode; "pooled" adds the matrices of all slides). Pixels whose truth is 255 (ignore:
+outside the image, unannotated with ``--unannotated ignore``) are not counted. The IoU of class
+c is TP / (TP + FP + FN) read off that matrix, and the mIoU is the mean IoU over the classes
+that occur in the truth **or** in the prediction:
+
+* a class absent from both has no IoU (``null`` in JSON, "-" in tables) and does not count;
+* a class absent from the truth but predicted somewhere has IoU 0 and counts (false positives
+  are punished);
+* a class in the truth but never predicted has IoU 0 and counts.
+
+Scores are accumulated over pixels, not averaged per patch or per slide, so a large slide
+weighs more than a small one. The JSON holds fractions in 0..1; the tables print percent, like
+the paper.
+
+Store mode JSON (``msn evaluate --store S --checkpoints C --json FILE``)
+------------------------------------------------------------------------
+::
+
+    {"kind": "store", "method": "MSN (bisenet)", "split": "test", "n_patches": 120,
+     "classes": ["normal", ...], "params_m": 15.6,
+     "miou":      {"x1": 0.46, "x2": 0.47, "x3": 0.42, "fusion": 0.48},
+     "iou":       {"x1": [per class, null = absent], ..., "fusion": [...]},
+     "confusion": {"x1": [[truth x prediction counts]], ...},
+     "pixels":    {"x1": labelled pixels counted, ...},
+     "outputs": ["x1", "x2", "x3", "fusion"], "stages": ["meta", "memrm", "fusion"],
+     "backbone": "bisenet", "fusion_type": "meta", "input": "x3",
+     "checkpoints": "...", "store": "...", "schema_version": 1}
+
+X1 is scored against Y1, X2 against Y2, X3 against Y3 and the fusion (in X1's frame) against
+Y1. Every key of ``miou``/``iou``/``confusion``/``pixels`` is present; its value is ``null``
+where that output does not exist yet (no Mem-RM: the meta-branch applied to X1, X2, X3, i.e.
+Table 3's "Meta-branch" row; no fusion: ``fusion`` is null). ``params_m`` counts the parameters
+(in millions) of the parts the finished stages trained: the meta-branch, plus the Mem-RMs, plus
+the fusion; for a finished MSN that is the whole model (Table 1's "# Parm (M)").
+
+Slide mode JSON (``msn evaluate --pred mask.tif --truth labels --json FILE``)
+------------------------------------------------------------------------------
+::
+
+    {"kind": "slides", "method": "...", "classes": [...], "n_slides": 2,
+     "slides": [{"name", "pred", "truth", "slide", "size": [w, h], "miou", "iou",
+                 "confusion", "pixels", "unpredicted_pixels"}, ...],
+     "pooled": {"miou", "iou", "confusion", "pixels", "unpredicted_pixels"},
+     "schema_version": 1}
+
+``unpredicted_pixels`` counts labelled pixels the prediction marks 255 (e.g. outside the tissue
+``predict`` segmented): they are left out of the matrix and reported so that they are seen.
+"""
+
+from __future__ import annotations
+
+SCHEMA_VERSION = 1
+OUTPUTS = ("x1", "x2", "x3", "fusion")
+#: The label each output is scored against.
+TARGETS = {"x1": "y1", "x2": "y2", "x3": "y3", "fusion": "y1"}

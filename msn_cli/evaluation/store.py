@@ -1,0 +1,157 @@
+"""Store mode: every available output of a checkpoint on one split of the patch store.
+
+Imports torch: only imported inside a command's body or a stage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from msn_cli.errors import MsnError
+from msn_cli.evaluation import OUTPUTS, SCHEMA_VERSION, TARGETS
+from msn_cli.evaluation.results import scores
+from msn_cli.io.checkpoints import STAGE_PARTS, CheckpointDir
+from msn_cli.io.dataset import PatchDataset
+from msn_cli.io.store import PatchStore
+from msn_cli.metrics import ConfusionMatrix
+
+
+@dataclass
+class Shown:
+    """Patches kept for the Fig. 4 grid: images, labels and each output's prediction (numpy)."""
+
+    images: dict[str, np.ndarray] = field(default_factory=dict)  # x1.. -> (K, P, P, 3)
+    labels: dict[str, np.ndarray] = field(default_factory=dict)  # y1.. -> (K, P, P)
+    preds: dict[str, np.ndarray] = field(default_factory=dict)  # x1.. fusion -> (K, P, P)
+    names: list[str] = field(default_factory=list)  # "slide#patch"
+
+
+def method_name(backbone: str, stages: tuple[str, ...], model_input: str) -> str:
+    """A default row label: Table 1/3 style."""
+    if model_input != "x3":
+        return f"{backbone} ({model_input.upper()} only)"
+    if "memrm" not in stages:
+        return f"Meta-branch ({backbone})"
+    if "fusion" not in stages:
+        return f"MSN w/o fusion ({backbone})"
+    return f"MSN ({backbone})"
+
+
+def trained_parameters(model: torch.nn.Module, stages: tuple[str, ...]) -> int:
+    """Parameters of the parts the finished stages trained (the whole MSN once all are)."""
+    from msn_cli.models.layers import count_parameters
+
+    return sum(count_parameters(getattr(model, STAGE_PARTS[s])) for s in stages)
+
+
+def evaluate_store(
+    store: str,
+    checkpoints: str,
+    split: str = "test",
+    batch_size: int = 16,
+    device: str = "auto",
+    method: str | None = None,
+    show: int = 0,
+    workers: int = 0,
+) -> tuple[dict[str, Any], Shown]:
+    """Score every output the checkpoint can produce on ``split``; see the package docstring.
+
+    ``show`` > 0 keeps that many evenly spaced patches (with predictions) for the Fig. 4 grid.
+    ``workers`` DataLoader processes read the store (0: in this process); order is fixed.
+    Runs in float32 with deterministic kernels, so equal inputs give equal numbers.
+    """
+    from msn_cli.inference import available_outputs, run_branches
+    from msn_cli.runtime import resolve_device, to_input
+
+    if batch_size < 1:
+        raise MsnError(None, f"--batch-size must be >= 1, got {batch_size}")
+    ck = CheckpointDir(checkpoints)
+    card = ck.read_card()
+    opened = PatchStore.open(store)
+    ck.check_store(opened.spec, str(store))
+    dev = resolve_device(device)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    model, stages = ck.load_model(dev)
+    outputs = available_outputs(stages, card.input)
+    if not outputs:
+        raise MsnError(ck.path, "no finished stage to evaluate; run `msn train-meta` first")
+    ds = PatchDataset(str(store), split=split)
+    n = len(ds)
+    nc = len(card.classes)
+    cms = {o: ConfusionMatrix(nc) for o in outputs}
+    keep = set(np.unique(np.linspace(0, n - 1, show).round().astype(int)).tolist()) if show else ()
+    kept: dict[str, list[np.ndarray]] = {}
+    names: list[str] = []
+    loader = torch.utils.data.DataLoader(
+        ds,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=dev.type == "cuda",
+    )
+    from msn_cli.progress import progress
+
+    with progress(f"evaluate {split}", total=n, unit="patches") as bar, torch.inference_mode():
+        for batch in loader:
+            xs = [to_input(batch[b], dev) for b in ("x1", "x2", "x3")]
+            logits = run_branches(model, stages, card, *xs, outputs=outputs)
+            preds = {o: logits[o].argmax(1).to(torch.uint8).cpu() for o in outputs}
+            for o in outputs:
+                target = batch[TARGETS[o]]
+                if preds[o].shape != target.shape:
+                    raise MsnError(
+                        ck.path, f"output {o} is {tuple(preds[o].shape)}, labels {target.shape}"
+                    )
+                cms[o].update(preds[o].numpy(), target.numpy())
+            if keep:
+                rows = [i for i, j in enumerate(batch["index"].tolist()) if j in keep]
+                for i in rows:
+                    slide, p = ds.locate(int(batch["index"][i]))
+                    names.append(f"{slide}#{p}")
+                    for b in ("x1", "x2", "x3"):
+                        kept.setdefault(b, []).append(batch[b][i].permute(1, 2, 0).numpy())
+                    for y in ("y1", "y2", "y3"):
+                        kept.setdefault(y, []).append(batch[y][i].numpy())
+                    for o in outputs:
+                        kept.setdefault("p_" + o, []).append(preds[o][i].numpy())
+            bar.advance(len(batch["index"]))
+    per = {o: scores(cms[o]) if o in cms else None for o in OUTPUTS}
+
+    def pick(key: str) -> dict[str, Any]:
+        return {o: (per[o] or {}).get(key) if per[o] else None for o in OUTPUTS}
+
+    cfg = card.model
+    result = {
+        "kind": "store",
+        "method": method or method_name(str(cfg.get("backbone")), stages, card.input),
+        "split": split,
+        "n_patches": n,
+        "classes": list(card.classes),
+        "params_m": trained_parameters(model, stages) / 1e6,
+        "miou": pick("miou"),
+        "iou": pick("iou"),
+        "confusion": pick("confusion"),
+        "pixels": pick("pixels"),
+        "outputs": list(outputs),
+        "stages": list(stages),
+        "backbone": cfg.get("backbone"),
+        "fusion_type": cfg.get("fusion"),
+        "input": card.input,
+        "checkpoints": str(checkpoints),
+        "store": str(store),
+        "schema_version": SCHEMA_VERSION,
+    }
+    shown = Shown(names=names)
+    for key, arrs in kept.items():
+        if key.startswith("p_"):
+            shown.preds[key[2:]] = np.stack(arrs)
+        elif key.startswith("x"):
+            shown.images[key] = np.stack(arrs)
+        else:
+            shown.labels[key] = np.stack(arrs)
+    return result, shown

@@ -1,0 +1,111 @@
+"""``msn evaluate`` as plain functions: store mode, slide mode, comparison, figures.
+
+The definitions (mIoU, JSON layouts) are in :mod:`msn_cli.evaluation`. Every function here
+returns data; printing is the command's job.
+
+Example:
+    >>> result, figures = evaluate_store("store.zarr", "ckpt", split="test")  # doctest: +SKIP
+    >>> result["miou"]["fusion"]  # doctest: +SKIP
+    0.476
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from msn_cli.evaluation.compare import Comparison, comparison, write_tables
+from msn_cli.evaluation.results import read_result, write_json
+from msn_cli.evaluation.slides import SlidePair, evaluate_slides, read_pairs, recorded_classes
+
+__all__ = [
+    "SlidePair",
+    "compare_results",
+    "evaluate_slide_pairs",
+    "evaluate_store",
+    "read_pairs",
+    "recorded_classes",
+    "single_table",
+]
+
+
+def evaluate_store(
+    store: str,
+    checkpoints: str,
+    split: str = "test",
+    batch_size: int = 16,
+    device: str = "auto",
+    method: str | None = None,
+    json_path: Path | None = None,
+    figures: Path | None = None,
+    figure_patches: int = 6,
+    workers: int = 0,
+) -> tuple[dict[str, Any], list[Path]]:
+    """Score the checkpoint's outputs on ``split``; optionally write the JSON and figures.
+
+    ``workers``: DataLoader processes reading the store (0 reads in this process).
+    """
+    from msn_cli.evaluation.store import evaluate_store as run
+
+    result, shown = run(
+        store,
+        checkpoints,
+        split=split,
+        batch_size=batch_size,
+        device=device,
+        method=method,
+        show=figure_patches if figures is not None else 0,
+        workers=workers,
+    )
+    if json_path is not None:
+        write_json(json_path, result)
+    written: list[Path] = []
+    if figures is not None:
+        from msn_cli.evaluation.figures import write_figures
+
+        written = write_figures(figures, checkpoints, shown)
+    return result, written
+
+
+def evaluate_slide_pairs(
+    pairs: Sequence[SlidePair],
+    classes: Sequence[str],
+    unannotated: str = "normal",
+    mask_values: str | None = None,
+    method: str | None = None,
+    json_path: Path | None = None,
+) -> dict[str, Any]:
+    """Per-slide and pooled IoU of predicted masks against annotations or label masks.
+
+    ``unannotated``: ``normal`` (pixels no polygon covers are class 0, like ``msn tile``) or
+    ``ignore`` (255, not scored).
+    """
+    from msn_cli.io.rasterise import IGNORE
+
+    background = {"normal": 0, "ignore": IGNORE}[unannotated]
+    result = evaluate_slides(pairs, classes, background, mask_values, method)
+    if json_path is not None:
+        write_json(json_path, result)
+    return result
+
+
+def compare_results(
+    paths: Sequence[Path],
+    labels: Sequence[str] | None = None,
+    csv_path: Path | None = None,
+    markdown_path: Path | None = None,
+) -> Comparison:
+    """One table of several ``--json`` results (rows = runs), optionally as CSV/markdown."""
+    table = comparison([read_result(p) for p in paths], labels)
+    write_tables(table, csv_path, markdown_path)
+    return table
+
+
+def single_table(
+    result: dict[str, Any], csv_path: Path | None = None, markdown_path: Path | None = None
+) -> Comparison:
+    """The one-row table of a fresh result (Table 1's row), optionally as CSV/markdown."""
+    table = comparison([result])
+    write_tables(table, csv_path, markdown_path)
+    return table
