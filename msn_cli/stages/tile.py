@@ -10,11 +10,8 @@ whose fingerprint and tiling parameters match is skipped; any other existing gro
 from __future__ import annotations
 
 import logging
-import os
 import time
-from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +24,7 @@ from msn_cli.io.patches import Levels, PatchGeometry, base_downsample, extract, 
 from msn_cli.io.slide import cached_slide, fingerprint, open_slide
 from msn_cli.io.store import IGNORE_LABEL, SPLITS, PatchStore, StoreSpec, slide_name
 from msn_cli.io.tissue import patch_fractions, thumbnail_downsample, thumbnail_mask
+from msn_cli.io.walk import in_order
 from msn_cli.progress import progress
 
 log = logging.getLogger("msn")
@@ -203,7 +201,6 @@ def _write_blocks(writer, path, geometry, centres, blocks, labels, config, name)
 
     Returns the pixel count of each y1 label value (256 bins).
     """
-    workers = config.workers or os.cpu_count() or 1
     sizes = [len(b) for b in blocks]
     starts = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
 
@@ -211,16 +208,13 @@ def _write_blocks(writer, path, geometry, centres, blocks, labels, config, name)
         trip = extract(cached_slide(path), geometry, centres[starts[i] : starts[i + 1]], labels)
         return trip, np.bincount(trip.y[0].ravel(), minlength=256)
 
-    pending: deque = deque()
     shard, buf = 0, writer.new_buffer()
     counts = np.zeros(256, dtype=np.int64)
-    with ThreadPoolExecutor(workers) as pool, progress(name, len(centres), "patches") as bar:
-        next_block = 0
-        while next_block < len(blocks) or pending:
-            while next_block < len(blocks) and len(pending) < 2 * workers:
-                pending.append(pool.submit(work, next_block))
-                next_block += 1
-            trip, block_counts = pending.popleft().result()
+    with (
+        in_order(work, len(blocks), config.workers) as decoded,
+        progress(name, len(centres), "patches") as bar,
+    ):
+        for trip, block_counts in decoded:
             counts += block_counts
             taken = 0
             while taken < len(trip.x[0]):
