@@ -63,3 +63,9 @@ def patch_fractions(mask: np.ndarray, downsample: float, corners: np.ndarray, fo
 
 def thumbnail_downsample(footprint: float) -> float:
     return max(1.0, footprint / THUMB_PER_PATCH)
+
+
+def tissue_fractions(slide: Slide, corners: np.ndarray, footprint: float) -> np.ndarray:
+    """Tissue fraction (N,) of the X1 patches at level-0 ``corners`` (one thumbnail read)."""
+    ds = thumbnail_downsample(footprint)
+    return patch_fractions(thumbnail_mask(slide, ds), ds, corners, footprint)

@@ -24,7 +24,7 @@ import numpy as np
 from msn_cli.io.maskwriter import sample_index
 from msn_cli.io.patches import extract
 from msn_cli.io.slide import cached_slide
-from msn_cli.io.tissue import patch_fractions, thumbnail_downsample, thumbnail_mask
+from msn_cli.io.tissue import tissue_fractions
 from msn_cli.io.walk import in_order
 from msn_cli.progress import progress
 
@@ -73,8 +73,7 @@ def run_bands(
     slide = cached_slide(job.slide)
     footprint = geometry.footprint
     if config.min_tissue > 0:
-        ds_t = thumbnail_downsample(footprint)
-        fractions = patch_fractions(thumbnail_mask(slide, ds_t), ds_t, corners, footprint)
+        fractions = tissue_fractions(slide, corners, footprint)
         keep = fractions >= config.min_tissue
     else:
         keep = np.ones(len(corners), bool)

@@ -23,7 +23,7 @@ from msn_cli.io.labelmask import MaskLabels
 from msn_cli.io.patches import Levels, PatchGeometry, base_downsample, extract, region_blocks
 from msn_cli.io.slide import cached_slide, fingerprint, open_slide
 from msn_cli.io.store import IGNORE_LABEL, SPLITS, PatchStore, StoreSpec, slide_name
-from msn_cli.io.tissue import patch_fractions, thumbnail_downsample, thumbnail_mask
+from msn_cli.io.tissue import tissue_fractions
 from msn_cli.io.walk import in_order
 from msn_cli.progress import progress
 
@@ -162,8 +162,7 @@ def tile_slide(store: PatchStore, job: SlideJob, config: TileConfig) -> SlideRes
     geometry = PatchGeometry.create(config.patch_size, config.levels, base)
     w0, h0 = slide.dimensions
     corners = geometry.grid(w0, h0)
-    ds_t = thumbnail_downsample(geometry.footprint)
-    fractions = patch_fractions(thumbnail_mask(slide, ds_t), ds_t, corners, geometry.footprint)
+    fractions = tissue_fractions(slide, corners, geometry.footprint)
     keep = np.flatnonzero(fractions >= config.min_tissue) if config.min_tissue > 0 else None
     kept = corners if keep is None else corners[keep]
     tissue = fractions if keep is None else fractions[keep]
