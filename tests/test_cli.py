@@ -29,7 +29,6 @@ COMMANDS = [
     "info",
     "synth",
 ]
-NOT_YET = ["train-meta", "train-memrm", "train-fusion"]
 
 
 def lines(text: str) -> list[str]:
@@ -70,14 +69,6 @@ def test_every_command_has_an_example(msn_invoke, name):
     result = msn_invoke(name, "--help")
     assert result.exit_code == 0
     assert "Example" in result.stdout
-
-
-@pytest.mark.parametrize("name", NOT_YET)
-def test_not_implemented_commands_fail_in_one_line(msn_invoke, name):
-    result = msn_invoke(name)
-    assert result.exit_code == 1
-    assert lines(result.stderr) == [f"msn: error: `msn {name}` is not implemented yet"]
-    assert result.stdout == ""
 
 
 def test_help_imports_neither_torch_nor_zarr():

@@ -1,9 +1,16 @@
-"""``msn train-meta``, ``train-memrm``, ``train-fusion``: the paper's three training steps."""
+"""``msn train-meta``, ``train-memrm``, ``train-fusion``: the paper's three training steps.
+
+Each command parses its options into a stage config and calls the stage; torch is imported
+inside the body. Launch under ``torchrun --nproc-per-node N`` for DistributedDataParallel.
+"""
 
 from __future__ import annotations
 
+from typing import Annotated
+
+import typer
+
 from msn_cli.console import reported
-from msn_cli.errors import MsnError
 from msn_cli.options import (
     DEFAULT_CHECKPOINTS,
     DEFAULT_STORE,
@@ -11,54 +18,185 @@ from msn_cli.options import (
     DeviceOpt,
     SeedOpt,
     StoreOpt,
-    WorkersOpt,
     parse_device,
 )
+
+EpochsOpt = Annotated[int, typer.Option("--epochs", min=1, help="Epochs (paper: 30 / 10 / 10).")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Patches per batch.")]
+LrOpt = Annotated[float, typer.Option("--lr", help="Adam learning rate.")]
+SplitOpt = Annotated[str, typer.Option("--split", help="Store split to train on.")]
+ValOpt = Annotated[
+    str,
+    typer.Option("--val-split", help="Split for per-epoch validation mIoU, or 'none'."),
+]
+AmpOpt = Annotated[bool, typer.Option("--amp", help="Mixed precision on CUDA (bf16 or fp16).")]
+TrainWorkersOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--workers",
+        min=0,
+        help="DataLoader worker processes; 0 loads in the main process "
+        "[default: min(8, CPU cores - 1)].",
+        show_default=False,
+    ),
+]
+ThreadsOpt = Annotated[
+    int | None,
+    typer.Option("--threads", min=1, help="CPU threads [default: all cores, split by ranks]."),
+]
+AugmentOpt = Annotated[
+    bool, typer.Option("--augment/--no-augment", help="Flips and 90° rotations (train only).")
+]
+JitterOpt = Annotated[
+    float, typer.Option("--color-jitter", help="Brightness/contrast/saturation jitter, 0 = off.")
+]
+RestartOpt = Annotated[
+    bool, typer.Option("--restart", help="Start this stage over (and drop the later stages).")
+]
+CacheOpt = Annotated[
+    float,
+    typer.Option(
+        "--cache-gb", min=0, help="Disk budget of the frozen-output cache; over it, recompute."
+    ),
+]
+
+
+def _config(cls, values: dict):
+    """The stage config ``cls`` from a command's parameters (``locals()``)."""
+    from dataclasses import fields
+
+    parse_device(values["device"])
+    values = dict(values)
+    val = values.get("val_split")
+    values["val_split"] = None if val is None or val.strip().lower() in ("none", "") else val
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in values.items() if k in names})
+
+
+def _report(result) -> None:
+    if result.rank != 0:
+        return
+    if result.note:
+        typer.echo(f"{result.directory}: {result.note} (add --epochs N to train further)")
+        return
+    last = result.history[-1] if result.history else {}
+    scores = ", ".join(
+        f"{k.replace('_miou_', ' mIoU ')} {v:.3f}"
+        for k, v in last.items()
+        if "miou" in k and isinstance(v, float) and v == v
+    )
+    typer.echo(f"{result.directory}: {result.epochs_run} epoch(s) trained; {scores or 'done'}")
 
 
 @reported
 def train_meta(
     store: StoreOpt = DEFAULT_STORE,
     checkpoints: CheckpointsOpt = DEFAULT_CHECKPOINTS,
+    backbone: Annotated[
+        str, typer.Option(help="bisenet, unet, pspnet or deeplabv3plus.")
+    ] = "bisenet",
+    width: Annotated[float, typer.Option(help="Channel width multiplier.")] = 1.0,
+    input: Annotated[
+        str, typer.Option("--input", help="x3 (MSN's meta-branch) or x1/x2 (a baseline).")
+    ] = "x3",
+    epochs: EpochsOpt = 30,
+    batch_size: BatchOpt = 32,
+    lr: LrOpt = 1e-4,
+    split: SplitOpt = "train",
+    val_split: ValOpt = "sub-train",
     device: DeviceOpt = "auto",
-    workers: WorkersOpt = 0,
+    amp: AmpOpt = False,
+    workers: TrainWorkersOpt = None,
     seed: SeedOpt = 0,
+    threads: ThreadsOpt = None,
+    augment: AugmentOpt = True,
+    color_jitter: JitterOpt = 0.0,
+    restart: RestartOpt = False,
 ) -> None:
-    """Step 1: train the meta-branch on X3.
+    """Step 1: train the meta-branch on X3 (or a single-resolution baseline).
 
     Example: `msn train-meta --store store.zarr --checkpoints ckpt --epochs 30`
     """
-    parse_device(device)
-    raise MsnError(None, "`msn train-meta` is not implemented yet")
+    from msn_cli.stages.train_meta import train_meta as run
+    from msn_cli.training.config import MetaConfig
+
+    _report(run(_config(MetaConfig, locals())))
 
 
 @reported
 def train_memrm(
     store: StoreOpt = DEFAULT_STORE,
     checkpoints: CheckpointsOpt = DEFAULT_CHECKPOINTS,
+    gap_layers: Annotated[
+        str, typer.Option("--gap-layers", help="auto (top-k of the analysis) or NAME,NAME.")
+    ] = "auto",
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="Gap layers chosen by auto.")] = 1,
+    holdout: Annotated[
+        float,
+        typer.Option(help="Fraction of the split kept out of Mem-RM training for train-fusion."),
+    ] = 0.0,
+    analysis_patches: Annotated[
+        int, typer.Option(min=1, help="Patches of the gap-layer analysis.")
+    ] = 64,
+    cache_gb: CacheOpt = 8.0,
+    epochs: EpochsOpt = 10,
+    batch_size: BatchOpt = 32,
+    lr: LrOpt = 1e-4,
+    split: SplitOpt = "sub-train",
+    val_split: ValOpt = "none",
     device: DeviceOpt = "auto",
-    workers: WorkersOpt = 0,
+    amp: AmpOpt = False,
+    workers: TrainWorkersOpt = None,
     seed: SeedOpt = 0,
+    threads: ThreadsOpt = None,
+    augment: AugmentOpt = True,
+    color_jitter: JitterOpt = 0.0,
+    restart: RestartOpt = False,
 ) -> None:
     """Step 2: find the gap layers and train the X1/X2 memory-recall modules.
 
     Example: `msn train-memrm --store store.zarr --checkpoints ckpt --epochs 10`
     """
-    parse_device(device)
-    raise MsnError(None, "`msn train-memrm` is not implemented yet")
+    from msn_cli.stages.train_memrm import train_memrm as run
+    from msn_cli.training.config import MemRMConfig
+
+    _report(run(_config(MemRMConfig, locals())))
 
 
 @reported
 def train_fusion(
     store: StoreOpt = DEFAULT_STORE,
     checkpoints: CheckpointsOpt = DEFAULT_CHECKPOINTS,
+    method: Annotated[
+        str, typer.Option(help="meta (Meta-FM), conv (w/o Meta) or awmf (AWMF-CNN fusion).")
+    ] = "meta",
+    holdout: Annotated[
+        bool | None,
+        typer.Option(
+            "--holdout/--no-holdout",
+            help="Fit on the patches train-memrm held out [default: yes if it held any].",
+            show_default=False,
+        ),
+    ] = None,
+    cache_gb: CacheOpt = 8.0,
+    epochs: EpochsOpt = 10,
+    batch_size: BatchOpt = 32,
+    lr: LrOpt = 1e-4,
+    split: SplitOpt = "sub-train",
+    val_split: ValOpt = "none",
     device: DeviceOpt = "auto",
-    workers: WorkersOpt = 0,
+    amp: AmpOpt = False,
+    workers: TrainWorkersOpt = None,
     seed: SeedOpt = 0,
+    threads: ThreadsOpt = None,
+    augment: AugmentOpt = True,
+    restart: RestartOpt = False,
 ) -> None:
-    """Step 3: train the meta fusion module (Meta-FM).
+    """Step 3: train the meta fusion module (Meta-FM) or a comparison fusion.
 
     Example: `msn train-fusion --store store.zarr --checkpoints ckpt --epochs 10`
     """
-    parse_device(device)
-    raise MsnError(None, "`msn train-fusion` is not implemented yet")
+    from msn_cli.stages.train_fusion import train_fusion as run
+    from msn_cli.training.config import FusionConfig
+
+    _report(run(_config(FusionConfig, locals())))

@@ -1,0 +1,265 @@
+"""Stage ``train-fusion`` (Step 3): Meta-FM in support/query episodes, or a comparison fusion.
+
+The meta-branch and Mem-RMs are frozen, so one pass over the fit patches caches what the
+fusion needs (``fusion/cache/``, float16/float32 ``.npy`` memory maps):
+
+* ``s1 s2 s3``: each branch's logits *before* the final bilinear upsampling (``Wo`` applied
+  to the penultimate tensor: tiny), upsampled again per batch, which is exactly the model's
+  own S1, S2, S3; skipped (recomputed per batch) when over ``cache_gb``;
+* ``g1 g2 c1 c2``: per patch, -dL/dWo summed over its labelled pixels through the X1 branch
+  (vs Y1) and the X2 branch (S2' vs Y1), and the pixel counts (``output_gradient``), so σ of
+  any support batch is an exact, cheap average (Eq. 3); kept in memory (a few KB per patch).
+
+Meta-FM episodes: for each query batch (the shuffled loader), a support batch of the same
+size is drawn (seeded by seed, epoch, step, rank) from the other fit patches; σ comes from the
+support batch, the loss L(S, Y1) from the query batch: no query label reaches the weights.
+After each epoch σ* over the whole fit (support) set is stored (``model.store_sigma``), so the
+checkpoint predicts without labels. ``--method conv|awmf`` train the comparison fusions
+(AWMF reads the three images too). The fit set is the split, or by default the patches
+``train-memrm --holdout`` held out (DESIGN.md §2).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+
+import numpy as np
+import torch
+from torch import nn
+
+from msn_cli.errors import MsnError
+from msn_cli.io.checkpoints import CheckpointDir, ModelCard
+from msn_cli.models.layers import upsample
+from msn_cli.runtime import seed_everything, to_input, to_target
+from msn_cli.training.cache import ArrayCache, cache_key
+from msn_cli.training.common import (
+    StageResult,
+    adam,
+    checked_store,
+    dataset,
+    freeze,
+    require_msn,
+    wrap_ddp,
+)
+from msn_cli.training.config import FusionConfig
+from msn_cli.training.context import Context, make_context
+from msn_cli.training.data import (
+    Augment,
+    FitView,
+    default_workers,
+    indices_of,
+    ordered_loader,
+    train_loader,
+)
+from msn_cli.training.loop import StageRun, fit_epoch, segmentation_loss, val_fields, validate
+from msn_cli.training.plots import plot_history
+
+log = logging.getLogger("msn")
+LOGITS = ("s1", "s2", "s3")
+
+
+class FusionStep(nn.Module):
+    """The DDP-wrapped training forward: fused logits from the three branch logits."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, s1, s2, s3, images, sigma):
+        return self.model.fuse(s1, s2, s3, images=images, sigma=sigma)
+
+
+def train_fusion(cfg: FusionConfig) -> StageResult:
+    """Train (or resume) the fusion; see the module docstring."""
+    from msn_cli.models.msn import MSN
+
+    cfg.validate()
+    ck = CheckpointDir(cfg.checkpoints)
+    checked_store(ck, cfg.store, "meta", "memrm")
+    require_msn(ck)
+    card = ck.read_card()
+    memrm_cfg = ck.stage("memrm").read_config() or {}
+    held = memrm_cfg.get("held_out") or {}
+    use_holdout = bool(held) if cfg.holdout is None else cfg.holdout
+    if use_holdout and not held:
+        raise MsnError(
+            ck.stage("memrm").config,
+            "train-memrm held no patches out; rerun it with --holdout F, or drop --holdout",
+        )
+    if use_holdout and memrm_cfg.get("split") != cfg.split:
+        raise MsnError(
+            ck.stage("memrm").config,
+            f"the held-out patches are from split {memrm_cfg.get('split')!r}, not "
+            f"{cfg.split!r}; use --split {memrm_cfg.get('split')} or --no-holdout",
+        )
+    ctx = make_context(cfg.device, cfg.amp, cfg.threads)
+    try:
+        run = StageRun(ck, "fusion", ctx, {**cfg.to_dict(), "holdout": use_holdout})
+        if cfg.restart:
+            run.restart()
+        state = run.check_resumable()
+        mcfg = replace(card.config(), fusion=cfg.method)
+        new_card = ModelCard(mcfg.to_dict(), card.classes, card.input, extra=card.extra)
+        if ctx.is_main and new_card != card:
+            ck.write_card(new_card)
+        ctx.barrier()
+        seed_everything(cfg.seed)
+        workers = default_workers(ctx.world) if cfg.workers is None else cfg.workers
+        images = ("x1", "x2", "x3")
+        ds = dataset(cfg.store, cfg.split, (*images, "y1"))
+        fit = indices_of(ds, held, inside=True) if use_holdout else np.arange(len(ds))
+        if cfg.method == "meta" and len(fit) < 2:
+            raise MsnError(cfg.store, "Meta-FM episodes need at least 2 fit patches")
+
+        model = MSN(mcfg)
+        frozen, _ = ck.load_model("cpu", stages=("meta", "memrm"))
+        model.meta_branch.load_state_dict(frozen.meta_branch.state_dict())
+        model.memory_recall.load_state_dict(frozen.memory_recall.state_dict())
+        del frozen
+        model.to(ctx.device)
+        if ctx.channels_last:
+            model.to(memory_format=torch.channels_last)
+        freeze(model, model.fusion)
+        step_net = wrap_ddp(FusionStep(model), ctx)
+        opt = adam(model.fusion_parameters(), cfg.lr)
+        scaler = ctx.grad_scaler()
+        parts = {"model": model.fusion, "optimizer": opt, "scaler": scaler}
+        start = run.resume(parts, state)
+        if start >= cfg.epochs and run.stage.complete:
+            return StageResult(
+                "fusion", run.stage.dir, 0, run.history, "already finished", ctx.rank
+            )
+        run.write_config(fit_patches=len(fit))
+
+        cache = _branch_cache(run, model, ds, fit, cfg, ctx, workers)
+        cached_logits = "s1" in cache.arrays
+        grads = [torch.from_numpy(cache.load(k)).to(ctx.device) for k in ("g1", "g2", "c1", "c2")]
+        need = [] if cached_logits and cfg.method != "awmf" else list(images)
+        aug = Augment(cfg.seed, flips=cfg.augment, jitter=0.0)
+        train = FitView(
+            dataset(cfg.store, cfg.split, (*need, "y1")),
+            fit,
+            cache,
+            LOGITS if cached_logits else (),
+            aug,
+        )
+        val = None
+        if cfg.val_split:
+            vds = dataset(cfg.store, cfg.val_split, val_fields(["fusion"]), "--val-split")
+            val = ordered_loader(vds, cfg.batch_size, ctx, workers)
+        p = ds.spec.patch_size
+        counter = {"epoch": 0, "step": 0}
+
+        def step(batch):
+            y1 = to_target(batch["y1"], ctx.device)
+            x = [to_input(batch[k], ctx.device, ctx.channels_last) for k in need]
+            if cached_logits:
+                s = [upsample(batch[k].to(ctx.device).float(), (p, p)) for k in LOGITS]
+            else:
+                with torch.no_grad():
+                    s = _branch_logits(model, *x)
+            sigma = None
+            if cfg.method == "meta":
+                sigma = _support_sigma(grads, batch["row"].numpy(), len(fit), cfg, ctx, counter)
+            fused = step_net(*s, x if cfg.method == "awmf" else None, sigma)
+            counter["step"] += 1
+            return {"loss_fusion": segmentation_loss(fused, y1)}, {"fusion": (fused, y1)}
+
+        loader = train_loader(train, cfg.batch_size, cfg.seed, ctx, workers)
+        for epoch in range(start, cfg.epochs):
+            counter["epoch"] = epoch
+            counter["step"] = 0
+            freeze(model, model.fusion)
+            loader.sampler.set_epoch(epoch)
+            desc = f"train-fusion {epoch + 1}/{cfg.epochs}"
+            record = fit_epoch(loader, step, opt, scaler, ctx, desc, len(train), len(card.classes))
+            if cfg.method == "meta":
+                model.store_sigma(_sigma(grads, slice(None)))
+            if val is not None:
+                stages = ("meta", "memrm", "fusion")
+                miou = validate(model, stages, new_card, val, ["x1", "fusion"], ctx)
+                record.update({f"val_miou_{k}": v for k, v in miou.items()})
+            run.end_epoch(epoch, record, parts)
+        run.finish(
+            model.fusion.state_dict(),
+            lambda: plot_history(run.history, run.stage.file("curves.png"), "train-fusion"),
+        )
+        return StageResult("fusion", run.stage.dir, cfg.epochs - start, run.history, rank=ctx.rank)
+    finally:
+        ctx.close()
+
+
+def _sigma(grads, rows) -> torch.Tensor:
+    """σ (Eq. 3) of the patches ``rows`` from the cached per-patch gradient sums."""
+    g1, g2, c1, c2 = grads
+    return torch.cat(
+        [
+            g1[rows].sum(0) / c1[rows].sum().clamp(min=1),
+            g2[rows].sum(0) / c2[rows].sum().clamp(min=1),
+        ]
+    )
+
+
+def _support_sigma(grads, query: np.ndarray, n: int, cfg, ctx: Context, counter) -> torch.Tensor:
+    """σ of a support batch drawn from the fit patches outside this query batch."""
+    rng = np.random.default_rng([cfg.seed, counter["epoch"], counter["step"], ctx.rank, 17])
+    others = np.setdiff1d(np.arange(n), query)
+    support = rng.choice(others, size=min(cfg.batch_size, len(others)), replace=False)
+    return _sigma(grads, torch.from_numpy(np.sort(support)).to(ctx.device))
+
+
+def _branch_logits(model, x1, x2, x3) -> list[torch.Tensor]:
+    meta = model.meta_features(x3)
+    s1 = model.branch(x1, "x1", meta.features).logits
+    s2 = model.branch(x2, "x2", meta.features).logits
+    return [s1, s2, meta.logits]
+
+
+def _branch_cache(run, model, ds, fit, cfg, ctx: Context, workers) -> ArrayCache:
+    """Per fit patch: low-resolution branch logits (if within budget) and σ parts."""
+    p, head = ds.spec.patch_size, model.meta_branch
+    with torch.no_grad():
+        pen = head(torch.zeros(1, 3, p, p, device=ctx.device)).penultimate
+        low = tuple(head.head(pen).shape[1:])
+    d = head.output_size
+    arrays = {"g1": ((d,), "float32"), "g2": ((d,), "float32"), "c1": ((), "int64")}
+    arrays["c2"] = ((), "int64")
+    logits = {k: (low, "float16") for k in LOGITS}
+    n = len(fit)
+    if ArrayCache(run.stage.file("cache"), logits, n).nbytes <= cfg.cache_gb * 1e9:
+        arrays.update(logits)
+    else:
+        log.info("branch-logit cache over --cache-gb %g: recomputing them per batch", cfg.cache_gb)
+    cache = ArrayCache(run.stage.file("cache"), arrays, n)
+    weights = [run.ck.stage(s).weights for s in ("meta", "memrm")]
+    key = cache_key(*weights, run.ck.read_card().model["gap_layers"], sorted(arrays), ds.url)
+    key = cache_key(key, ds.slide_names, fit.tolist())
+    if cache.valid(key):
+        return cache
+    if ctx.is_main:
+        cache.create()
+    ctx.barrier()
+    with torch.no_grad():
+        for batch in ordered_loader(FitView(ds, fit), cfg.batch_size, ctx, workers):
+            x1, x2, x3 = (
+                to_input(batch[k], ctx.device, ctx.channels_last) for k in ("x1", "x2", "x3")
+            )
+            y1 = to_target(batch["y1"], ctx.device)
+            with ctx.autocast():
+                meta = model.meta_features(x3)
+                out1 = model.branch(x1, "x1", meta.features)
+                out2 = model.branch(x2, "x2", meta.features)
+            g1, g2 = model.output_gradients(out1, out2, y1)
+            rows = batch["row"].numpy()
+            vals = {"g1": g1.grad_sum, "g2": g2.grad_sum, "c1": g1.count, "c2": g2.count}
+            if "s1" in arrays:
+                for k, out in zip(LOGITS, (out1, out2, meta), strict=True):
+                    vals[k] = head.head(out.penultimate.float())
+            for k, v in vals.items():
+                cache.write(k, rows, v.float().cpu().numpy().astype(arrays[k][1]))
+    ctx.barrier()
+    if ctx.is_main:
+        cache.seal(key)
+    ctx.barrier()
+    return cache

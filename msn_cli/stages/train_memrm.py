@@ -1,0 +1,240 @@
+"""Stage ``train-memrm`` (Step 2): gap layers, then the X1 and X2 Mem-RMs.
+
+1. Gap-layer analysis (Fig. 1): X1, X2, X3 of up to ``analysis_patches`` fit patches through
+   the frozen meta-branch; per candidate layer the activation statistics and a gap score
+   (:mod:`msn_cli.training.gaps`), saved as ``memrm/gap_layers.json`` and
+   ``memrm/gap_layers.png``. ``--gap-layers auto`` takes the ``--top-k`` highest; the chosen
+   layers go into ``model.json`` (``gap_layers``), which sets the model's Mem-RMs.
+2. The Mem-RMs learn with L(S1, Y1) + L(S2, Y2), the meta-branch frozen (eval mode). X3's
+   meta-features at the gap layers never change in this stage, so they are computed once per
+   patch into ``memrm/cache/`` (float16 ``.npy`` memory maps, read by the DataLoader workers)
+   and reused every epoch. When that would exceed ``cache_gb`` they are recomputed per batch
+   instead. Augmentation flips/rotates the cached maps with the images (exact for the crop
+   geometry; colour jitter touches X1/X2 only, X3's features come from the original image).
+3. ``--holdout F`` leaves a seeded fraction F of the split's patches out of Mem-RM training
+   and records them (``held_out`` in ``memrm/config.json``); ``train-fusion`` then fits the
+   fusion on exactly those by default (DESIGN.md §2).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import replace
+
+import numpy as np
+import torch
+from torch import nn
+
+from msn_cli.io.atomic import atomic_write_json
+from msn_cli.io.checkpoints import CheckpointDir, ModelCard
+from msn_cli.runtime import seed_everything, to_input, to_target
+from msn_cli.training.cache import ArrayCache, cache_key
+from msn_cli.training.common import (
+    StageResult,
+    adam,
+    checked_store,
+    dataset,
+    freeze,
+    require_msn,
+    wrap_ddp,
+)
+from msn_cli.training.config import MemRMConfig
+from msn_cli.training.context import Context, make_context
+from msn_cli.training.data import (
+    Augment,
+    FitView,
+    default_workers,
+    holdout_split,
+    indices_of,
+    ordered_loader,
+    train_loader,
+)
+from msn_cli.training.gaps import choose_layers, layer_statistics, parse_gap_layers
+from msn_cli.training.loop import StageRun, fit_epoch, segmentation_loss, val_fields, validate
+from msn_cli.training.plots import plot_gap_layers, plot_history
+
+log = logging.getLogger("msn")
+
+
+class MemRMStep(nn.Module):
+    """The DDP-wrapped training forward: S1 and S2 through their Mem-RMs."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x1, x2, memory):
+        m = self.model
+        return m.branch(x1, "x1", memory).logits, m.branch(x2, "x2", memory).logits
+
+
+def train_memrm(cfg: MemRMConfig) -> StageResult:
+    """Analyse the gap layers and train (or resume) the Mem-RMs; see the module docstring."""
+    from msn_cli.models.msn import MSN
+
+    cfg.validate()
+    ck = CheckpointDir(cfg.checkpoints)
+    checked_store(ck, cfg.store, "meta")
+    require_msn(ck)
+    card = ck.read_card()
+    names = parse_gap_layers(cfg.gap_layers, _candidates(card))
+    ctx = make_context(cfg.device, cfg.amp, cfg.threads)
+    try:
+        run = StageRun(ck, "memrm", ctx, cfg.to_dict())
+        if cfg.restart:
+            run.restart()
+        state = run.check_resumable()
+        seed_everything(cfg.seed)
+        workers = default_workers(ctx.world) if cfg.workers is None else cfg.workers
+        fields = ("x1", "x2", "x3", "y1", "y2")
+        ds = dataset(cfg.store, cfg.split, fields)
+        held = holdout_split(ds, cfg.holdout, cfg.seed) if cfg.holdout > 0 else {}
+        fit = indices_of(ds, held, inside=False) if held else np.arange(len(ds))
+        if len(fit) == 0:
+            raise_usage("--holdout", "leaves no patch to train the Mem-RMs on")
+
+        meta, _ = ck.load_model(ctx.device, stages=("meta",))
+        stats = _gap_analysis(run, meta, ds, fit, cfg, ctx, workers, reuse=state is not None)
+        chosen = names or tuple(stats["chosen"])
+        mcfg = replace(card.config(), gap_layers=chosen)
+        new_card = ModelCard(mcfg.to_dict(), card.classes, card.input, extra=card.extra)
+        if ctx.is_main and new_card != card:
+            ck.write_card(new_card)
+            if ck.stage("fusion").complete:
+                log.warning(
+                    "%s: built on other gap layers; rerun train-fusion", ck.stage("fusion").dir
+                )
+        ctx.barrier()
+
+        model = MSN(mcfg).to(ctx.device)
+        model.meta_branch.load_state_dict(meta.meta_branch.state_dict())
+        del meta
+        if ctx.channels_last:
+            model.to(memory_format=torch.channels_last)
+        freeze(model, model.memory_recall)
+        step_net = wrap_ddp(MemRMStep(model), ctx)
+        opt = adam(model.memory_parameters(), cfg.lr)
+        scaler = ctx.grad_scaler()
+        parts = {"model": model.memory_recall, "optimizer": opt, "scaler": scaler}
+        start = run.resume(parts, state)
+        if start >= cfg.epochs and run.stage.complete:
+            return StageResult("memrm", run.stage.dir, 0, run.history, "already finished", ctx.rank)
+        run.write_config(gap_layers_chosen=list(chosen), held_out=held, fit_patches=len(fit))
+
+        cache = _meta_feature_cache(run, model, ds, fit, cfg, ctx, workers)
+        mem_keys = [f"mem_{g}" for g in chosen]
+        tfields = ("x1", "x2", "y1", "y2") if cache is not None else fields
+        aug = Augment(cfg.seed, flips=cfg.augment, jitter=cfg.color_jitter, images=("x1", "x2"))
+        train = FitView(
+            dataset(cfg.store, cfg.split, tfields),
+            fit,
+            cache,
+            mem_keys if cache is not None else (),
+            aug,
+        )
+        val = None
+        if cfg.val_split:
+            vds = dataset(cfg.store, cfg.val_split, val_fields(["x1", "x2", "x3"]), "--val-split")
+            val = ordered_loader(vds, cfg.batch_size, ctx, workers)
+
+        def step(batch):
+            x1 = to_input(batch["x1"], ctx.device, ctx.channels_last)
+            x2 = to_input(batch["x2"], ctx.device, ctx.channels_last)
+            if cache is not None:
+                memory = {g: batch[f"mem_{g}"].to(ctx.device).float() for g in chosen}
+            else:
+                with torch.no_grad():
+                    x3 = to_input(batch["x3"], ctx.device, ctx.channels_last)
+                    memory = model.meta_features(x3).features
+            y1, y2 = to_target(batch["y1"], ctx.device), to_target(batch["y2"], ctx.device)
+            s1, s2 = step_net(x1, x2, memory)
+            losses = {"loss_x1": segmentation_loss(s1, y1), "loss_x2": segmentation_loss(s2, y2)}
+            return losses, {"x1": (s1, y1), "x2": (s2, y2)}
+
+        nc = len(card.classes)
+        loader = train_loader(train, cfg.batch_size, cfg.seed, ctx, workers)
+        for epoch in range(start, cfg.epochs):
+            freeze(model, model.memory_recall)
+            loader.sampler.set_epoch(epoch)
+            desc = f"train-memrm {epoch + 1}/{cfg.epochs}"
+            record = fit_epoch(loader, step, opt, scaler, ctx, desc, len(train), nc)
+            if val is not None:
+                miou = validate(model, ("meta", "memrm"), new_card, val, ["x1", "x2"], ctx)
+                record.update({f"val_miou_{k}": v for k, v in miou.items()})
+            run.end_epoch(epoch, record, parts)
+        run.finish(
+            model.memory_recall.state_dict(),
+            lambda: plot_history(run.history, run.stage.file("curves.png"), "train-memrm"),
+        )
+        return StageResult("memrm", run.stage.dir, cfg.epochs - start, run.history, rank=ctx.rank)
+    finally:
+        ctx.close()
+
+
+def raise_usage(option: str, problem: str) -> None:
+    from msn_cli.errors import MsnUsageError
+
+    raise MsnUsageError(option, problem)
+
+
+def _candidates(card: ModelCard) -> tuple[str, ...]:
+    from msn_cli.models.registry import backbone_spec
+
+    return backbone_spec(card.model["backbone"]).candidate_layers
+
+
+def _gap_analysis(run: StageRun, meta, ds, fit, cfg, ctx: Context, workers, reuse: bool) -> dict:
+    """Fig. 1 statistics (reused from ``gap_layers.json`` when resuming), top-k chosen."""
+    path = run.stage.file("gap_layers.json")
+    if reuse and path.is_file():
+        return json.loads(path.read_text())
+    n = min(cfg.analysis_patches, len(fit))
+    pick = fit[np.unique(np.linspace(0, len(fit) - 1, n).round().astype(int))]
+    view = FitView(ds, pick)
+    stats = layer_statistics(
+        meta.meta_branch, ordered_loader(view, cfg.batch_size, ctx, workers), ctx
+    )
+    stats["chosen"] = list(choose_layers(stats, cfg.top_k))
+    stats["top_k"] = cfg.top_k
+    if ctx.is_main:
+        atomic_write_json(path, stats)
+        plot_gap_layers(stats, run.stage.file("gap_layers.png"))
+    return stats
+
+
+def _meta_feature_cache(run, model, ds, fit, cfg, ctx: Context, workers) -> ArrayCache | None:
+    """X3's gap-layer meta-features of every fit patch, computed once (float16 on disk)."""
+    p = ds.spec.patch_size
+    with torch.no_grad():
+        probe = model.meta_features(torch.zeros(1, 3, p, p, device=ctx.device)).features
+    arrays = {f"mem_{g}": (tuple(t.shape[1:]), "float16") for g, t in probe.items()}
+    cache = ArrayCache(run.stage.file("cache"), arrays, len(fit))
+    if cache.nbytes > cfg.cache_gb * 1e9:
+        log.info(
+            "meta-feature cache would take %.1f GB > --cache-gb %g: recomputing per batch",
+            cache.nbytes / 1e9,
+            cfg.cache_gb,
+        )
+        return None
+    weights = run.ck.stage("meta").weights
+    key = cache_key(weights, sorted(arrays), ds.url, ds.slide_names, fit.tolist())
+    if cache.valid(key):
+        return cache
+    if ctx.is_main:
+        cache.create()
+    ctx.barrier()
+    view = FitView(dataset(cfg.store, cfg.split, ("x3",)), fit)
+    with torch.no_grad():
+        for batch in ordered_loader(view, cfg.batch_size, ctx, workers):
+            x3 = to_input(batch["x3"], ctx.device, ctx.channels_last)
+            with ctx.autocast():
+                feats = model.meta_features(x3).features
+            rows = batch["row"].numpy()
+            for g, t in feats.items():
+                cache.write(f"mem_{g}", rows, t.float().cpu().numpy().astype(np.float16))
+    ctx.barrier()
+    if ctx.is_main:
+        cache.seal(key, {"arrays": {k: list(v[0]) for k, v in arrays.items()}})
+    ctx.barrier()
+    return cache

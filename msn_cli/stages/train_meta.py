@@ -1,0 +1,141 @@
+"""Stage ``train-meta`` (Step 1): the meta-branch on X3, L(S3, Y3).
+
+``--input x1|x2`` trains the same backbone on another scale: the paper's separately trained
+single-resolution baselines (such a directory cannot go on to ``train-memrm``). BiSeNet's two
+auxiliary heads (deep supervision) add their cross-entropy with weight 1 in training.
+
+Writes ``model.json`` (from the store: classes, patch size, magnifications; and the
+backbone, width, input), ``meta/last.pt`` after every epoch, ``meta/history.jsonl`` (loss,
+training and validation mIoU, seconds, patches/s), ``meta/curves.png``, ``meta/config.json``
+and finally ``meta/weights.pt``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from msn_cli.errors import MsnError, MsnUsageError
+from msn_cli.io.checkpoints import CheckpointDir, ModelCard
+from msn_cli.runtime import seed_everything, to_input, to_target
+from msn_cli.training.common import StageResult, adam, dataset, store_spec, wrap_ddp
+from msn_cli.training.config import MetaConfig
+from msn_cli.training.context import make_context
+from msn_cli.training.data import Augment, FitView, default_workers, ordered_loader, train_loader
+from msn_cli.training.loop import StageRun, fit_epoch, segmentation_loss, val_fields, validate
+from msn_cli.training.plots import plot_history
+
+#: model.json keys that identify the architecture train-meta makes (later stages add others).
+_ARCH = ("backbone", "width", "num_classes", "patch_size", "magnifications", "in_channels")
+
+
+class MetaStep(nn.Module):
+    """The DDP-wrapped training forward: logits and deep-supervision logits of one input."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        out = self.net(x)
+        return out.logits, out.aux_logits
+
+
+def train_meta(cfg: MetaConfig) -> StageResult:
+    """Train (or resume) the meta-branch; see the module docstring."""
+    from msn_cli.models.msn import MSN, MSNConfig
+
+    cfg.validate()
+    ck = CheckpointDir(cfg.checkpoints)
+    spec = store_spec(cfg.store)
+    try:
+        mcfg = MSNConfig(
+            backbone=cfg.backbone,
+            width=cfg.width,
+            num_classes=len(spec.classes),
+            patch_size=spec.patch_size,
+            magnifications=spec.magnifications,
+        )
+    except ValueError as exc:
+        raise MsnUsageError("--backbone", str(exc)) from None
+    card = ModelCard(mcfg.to_dict(), list(spec.classes), input=cfg.input)
+    ctx = make_context(cfg.device, cfg.amp, cfg.threads)
+    try:
+        run = StageRun(ck, "meta", ctx, cfg.to_dict())
+        if cfg.restart:
+            run.restart()
+        _check_card(ck, card, cfg.restart)
+        state = run.check_resumable()
+        if ctx.is_main and (cfg.restart or not ck.exists() or state is None):
+            ck.write_card(card)
+        ctx.barrier()
+        seed_everything(cfg.seed)
+        model = MSN(mcfg)
+        net = model.meta_branch.to(ctx.device)
+        if ctx.channels_last:
+            net.to(memory_format=torch.channels_last)
+        step_net = wrap_ddp(MetaStep(net), ctx)
+        opt = adam(net.parameters(), cfg.lr)
+        scaler = ctx.grad_scaler()
+        parts = {"model": net, "optimizer": opt, "scaler": scaler}
+        start = run.resume(parts, state)
+        if start >= cfg.epochs and ck.stage("meta").complete:
+            return StageResult("meta", run.stage.dir, 0, run.history, "already finished", ctx.rank)
+        run.write_config()
+
+        xk, yk = cfg.input, "y" + cfg.input[1]
+        aug = Augment(cfg.seed, flips=cfg.augment, jitter=cfg.color_jitter)
+        train = FitView(dataset(cfg.store, cfg.split, (xk, yk)), transform=aug)
+        workers = default_workers(ctx.world) if cfg.workers is None else cfg.workers
+        val = None
+        if cfg.val_split:
+            vds = dataset(cfg.store, cfg.val_split, val_fields([xk]), "--val-split")
+            val = ordered_loader(vds, cfg.batch_size, ctx, workers)
+
+        def step(batch):
+            x = to_input(batch[xk], ctx.device, ctx.channels_last)
+            y = to_target(batch[yk], ctx.device)
+            logits, aux = step_net(x)
+            losses = {f"loss_{xk}": segmentation_loss(logits, y)}
+            for i, a in enumerate(aux):
+                losses[f"loss_aux{i + 1}"] = segmentation_loss(a, y)
+            return losses, {xk: (logits, y)}
+
+        loader = train_loader(train, cfg.batch_size, cfg.seed, ctx, workers)
+        for epoch in range(start, cfg.epochs):
+            net.train()
+            loader.sampler.set_epoch(epoch)
+            desc = f"train-meta {epoch + 1}/{cfg.epochs}"
+            record = fit_epoch(loader, step, opt, scaler, ctx, desc, len(train), len(spec.classes))
+            if val is not None:
+                miou = validate(model, ("meta",), card, val, [xk], ctx)
+                record[f"val_miou_{xk}"] = miou[xk]
+            run.end_epoch(epoch, record, parts)
+        run.finish(
+            net.state_dict(),
+            lambda: plot_history(run.history, run.stage.file("curves.png"), "train-meta"),
+        )
+        return StageResult("meta", run.stage.dir, cfg.epochs - start, run.history, rank=ctx.rank)
+    finally:
+        ctx.close()
+
+
+def _check_card(ck: CheckpointDir, card: ModelCard, restart: bool) -> None:
+    """Refuse a directory that holds another model (unless --restart)."""
+    if restart or not ck.exists():
+        return
+    old = ck.read_card()
+    for key in _ARCH:
+        if old.model.get(key) != card.model.get(key):
+            raise MsnError(
+                ck.model_json,
+                f"holds a model with {key}={old.model.get(key)!r}, not {card.model.get(key)!r}; "
+                "use another --checkpoints directory or add --restart",
+            )
+    if old.classes != card.classes or old.input != card.input:
+        what = "classes" if old.classes != card.classes else "input"
+        raise MsnError(
+            ck.model_json,
+            f"holds a model with another {what} ({getattr(old, what)!r}); use another "
+            "--checkpoints directory or add --restart",
+        )

@@ -1,0 +1,114 @@
+"""The resolved configuration of each training stage (what ``config.json`` records).
+
+Example:
+    >>> MetaConfig(store="s.zarr", checkpoints="ck").epochs, FusionConfig("s", "c").epochs
+    (30, 10)
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from msn_cli.errors import MsnUsageError
+from msn_cli.io.store import SPLITS
+
+METHODS = ("meta", "conv", "awmf")
+INPUTS = ("x1", "x2", "x3")
+
+
+@dataclass
+class TrainConfig:
+    """Options every stage shares; the paper's defaults (Adam, lr 1e-4, batch 32)."""
+
+    store: str
+    checkpoints: str
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-4
+    split: str = "sub-train"
+    val_split: str | None = None
+    device: str = "auto"
+    amp: bool = False
+    workers: int | None = None  # None: min(8, cores - 1) DataLoader workers; 0: main process
+    seed: int = 0
+    threads: int | None = None  # CPU intra-op threads; None: all cores (shared by ranks)
+    augment: bool = True
+    color_jitter: float = 0.0
+    restart: bool = False
+
+    def validate(self) -> None:
+        if self.epochs < 1:
+            raise MsnUsageError("--epochs", f"{self.epochs}: need at least 1")
+        if self.batch_size < 1:
+            raise MsnUsageError("--batch-size", f"{self.batch_size}: need at least 1")
+        if not self.lr > 0:
+            raise MsnUsageError("--lr", f"{self.lr}: must be > 0")
+        if self.split not in SPLITS:
+            raise MsnUsageError("--split", f"{self.split!r} is not one of {', '.join(SPLITS)}")
+        if self.val_split is not None and self.val_split not in SPLITS:
+            raise MsnUsageError(
+                "--val-split", f"{self.val_split!r} is not none or one of {', '.join(SPLITS)}"
+            )
+        if not 0 <= self.color_jitter < 1:
+            raise MsnUsageError("--color-jitter", f"{self.color_jitter}: need 0 <= j < 1")
+        if self.workers is not None and self.workers < 0:
+            raise MsnUsageError("--workers", "must be >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class MetaConfig(TrainConfig):
+    """``msn train-meta``: Step 1, the meta-branch on X3 (or a baseline on X1/X2)."""
+
+    epochs: int = 30
+    split: str = "train"
+    val_split: str | None = "sub-train"
+    backbone: str = "bisenet"
+    width: float = 1.0
+    input: str = "x3"
+
+    def validate(self) -> None:
+        super().validate()
+        if self.input not in INPUTS:
+            raise MsnUsageError("--input", f"{self.input!r} is not one of x1, x2, x3")
+
+
+@dataclass
+class MemRMConfig(TrainConfig):
+    """``msn train-memrm``: Step 2, gap layers and the X1/X2 Mem-RMs."""
+
+    gap_layers: str = "auto"
+    top_k: int = 1
+    holdout: float = 0.0
+    analysis_patches: int = 64
+    cache_gb: float = 8.0
+
+    def validate(self) -> None:
+        super().validate()
+        if self.top_k < 1:
+            raise MsnUsageError("--top-k", f"{self.top_k}: need at least 1")
+        if not 0 <= self.holdout < 1:
+            raise MsnUsageError("--holdout", f"{self.holdout}: need a fraction in [0, 1)")
+        if self.analysis_patches < 1:
+            raise MsnUsageError("--analysis-patches", "need at least 1")
+        if self.cache_gb < 0:
+            raise MsnUsageError("--cache-gb", "must be >= 0")
+
+
+@dataclass
+class FusionConfig(TrainConfig):
+    """``msn train-fusion``: Step 3, Meta-FM (or the conv / AWMF fusion)."""
+
+    method: str = "meta"
+    holdout: bool | None = None  # None: the patches train-memrm held out, if it held any
+    cache_gb: float = 8.0
+
+    def validate(self) -> None:
+        super().validate()
+        if self.method not in METHODS:
+            raise MsnUsageError("--method", f"{self.method!r} is not one of meta, conv, awmf")
+        if self.cache_gb < 0:
+            raise MsnUsageError("--cache-gb", "must be >= 0")

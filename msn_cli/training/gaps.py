@@ -1,0 +1,90 @@
+"""The gap-layer analysis of the paper's Fig. 1 (DESIGN.md §2).
+
+X1, X2 and X3 of the same patches run through the frozen meta-branch; for every candidate
+layer we accumulate per-channel activation mean and variance per input scale. A layer's gap
+for scale s is how far its statistics sit from X3's (the scale the meta-branch learnt on)::
+
+    gap_s = mean_c |mu_s,c - mu_3,c| / sqrt(var_3,c + eps)
+          + mean_c |log((var_s,c + eps) / (var_3,c + eps))|
+
+(a standardised mean shift plus a log variance ratio: scale-free, comparable across layers).
+A layer's score is gap_x1 + gap_x2; ``--gap-layers auto`` takes the ``top_k`` highest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from msn_cli.runtime import to_input
+from msn_cli.training.context import Context
+
+SCALES = ("x1", "x2", "x3")
+EPS = 1e-6
+
+
+@torch.no_grad()
+def layer_statistics(meta_branch, loader, ctx: Context) -> dict[str, Any]:
+    """Per-layer, per-scale activation statistics and gap scores over ``loader``'s patches."""
+    layers = tuple(meta_branch.candidate_layers)
+    meta_branch.eval()
+    sums: dict[tuple[str, str], torch.Tensor] = {}
+    patches = torch.zeros((), dtype=torch.float64)
+    for batch in loader:
+        patches += len(batch["x3"])
+        for scale in SCALES:
+            x = to_input(batch[scale], ctx.device, ctx.channels_last)
+            with ctx.autocast():
+                feats = meta_branch(x, features=layers).features
+            for name, f in feats.items():
+                f = f.double()
+                part = torch.stack(
+                    [
+                        f.sum((0, 2, 3)),
+                        f.pow(2).sum((0, 2, 3)),
+                        torch.full((f.shape[1],), f[:, 0].numel(), dtype=torch.float64),
+                    ]
+                )
+                key = (name, scale)
+                sums[key] = part if key not in sums else sums[key] + part
+    out: dict[str, Any] = {"patches": int(ctx.all_sum(patches).item()), "layers": {}}
+    for name in layers:
+        per: dict[str, Any] = {}
+        mu, var = {}, {}
+        for scale in SCALES:
+            s, s2, n = ctx.all_sum(sums[(name, scale)]).cpu()
+            mu[scale] = s / n
+            var[scale] = (s2 / n - mu[scale] ** 2).clamp(min=0)
+            per[scale] = {"mean": float(mu[scale].mean()), "variance": float(var[scale].mean())}
+        for scale in ("x1", "x2"):
+            shift = ((mu[scale] - mu["x3"]).abs() / (var["x3"] + EPS).sqrt()).mean()
+            ratio = ((var[scale] + EPS) / (var["x3"] + EPS)).log().abs().mean()
+            per[f"gap_{scale}"] = float(shift + ratio)
+        per["score"] = per["gap_x1"] + per["gap_x2"]
+        out["layers"][name] = per
+    return out
+
+
+def choose_layers(stats: dict[str, Any], top_k: int) -> tuple[str, ...]:
+    """The ``top_k`` layers with the highest gap score, in network order."""
+    layers = list(stats["layers"])
+    ranked = sorted(layers, key=lambda n: -stats["layers"][n]["score"])[:top_k]
+    return tuple(n for n in layers if n in ranked)
+
+
+def parse_gap_layers(text: str, candidates: Sequence[str]) -> tuple[str, ...] | None:
+    """``auto`` -> None; else the comma-separated names, checked against ``candidates``."""
+    from msn_cli.errors import MsnUsageError
+
+    if text.strip().lower() == "auto":
+        return None
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    bad = [n for n in names if n not in candidates]
+    if not names or bad or len(set(names)) != len(names):
+        raise MsnUsageError(
+            "--gap-layers",
+            f"{text!r}: give auto or distinct names among {', '.join(candidates)}",
+        )
+    return names

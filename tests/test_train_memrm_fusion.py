@@ -1,0 +1,148 @@
+"""``msn train-memrm`` and ``train-fusion``: gap layers, caches, hold-out, methods, resume."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from test_train_support import FAST, cli, kill_in_second_epoch, make_store, same_weights
+
+from msn_cli.io.checkpoints import CheckpointDir
+from msn_cli.io.dataset import PatchDataset
+from msn_cli.models.layers import upsample
+from msn_cli.runtime import to_input
+from msn_cli.stages.train_fusion import train_fusion
+from msn_cli.stages.train_memrm import train_memrm
+from msn_cli.stages.train_meta import train_meta
+from msn_cli.training.config import FusionConfig, MemRMConfig, MetaConfig
+
+TINY = {"batch_size": 4, "workers": 0, "threads": 1}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A store, a finished meta stage, and a finished memrm stage (hold-out 0.5) beside it."""
+    d = tmp_path_factory.mktemp("train-mf")
+    n = torch.get_num_threads()
+    store = make_store(d)
+    train_meta(MetaConfig(store, str(d / "meta"), epochs=1, width=0.125, **TINY))
+    shutil.copytree(d / "meta", d / "memrm")
+    train_memrm(MemRMConfig(store, str(d / "memrm"), epochs=1, holdout=0.5, **TINY))
+    torch.set_num_threads(n)
+    return store, d
+
+
+def copy(trained, which, tmp_path):
+    shutil.copytree(trained[1] / which, tmp_path / "ck")
+    return tmp_path / "ck"
+
+
+def stage_args(cmd, store, ck, *extra):
+    return [cmd, "--store", store, "--checkpoints", ck, *FAST, *extra]
+
+
+def test_memrm_gap_analysis_cache_and_holdout(trained, tmp_path, msn_invoke):
+    store, ck = trained[0], copy(trained, "meta", tmp_path)
+    extra = ("--epochs", "1", "--top-k", "2", "--holdout", "0.5", "--val-split", "test")
+    res = msn_invoke(*stage_args("train-memrm", store, ck, *extra))
+    assert res.exit_code == 0, res.output
+    gaps = json.loads((ck / "memrm" / "gap_layers.json").read_text())
+    assert len(gaps["layers"]) == 9 and gaps["patches"] == 8
+    for stats in gaps["layers"].values():
+        assert {"x1", "x2", "x3", "score"} <= set(stats) and stats["x1"]["variance"] >= 0
+    card = CheckpointDir(ck).read_card()
+    assert card.model["gap_layers"] == gaps["chosen"] and len(gaps["chosen"]) == 2
+    assert (ck / "memrm" / "gap_layers.png").is_file() and (ck / "memrm" / "curves.png").is_file()
+    config = json.loads((ck / "memrm" / "config.json").read_text())
+    assert sum(map(len, config["held_out"].values())) == 8 and config["fit_patches"] == 8
+    manifest = json.loads((ck / "memrm" / "cache" / "manifest.json").read_text())
+    assert manifest["rows"] == 8 and len(manifest["arrays"]) == 2
+    record = json.loads((ck / "memrm" / "history.jsonl").read_text())
+    assert {"loss_x1", "loss_x2", "train_miou_x1", "val_miou_x1", "val_miou_x2"} <= set(record)
+    model, stages = CheckpointDir(ck).load_model()
+    assert stages == ("meta", "memrm") and set(model.memory_recall["x1"]) == set(gaps["chosen"])
+
+
+def test_memrm_named_layers_without_cache(trained, tmp_path, msn_invoke):
+    store, ck = trained[0], copy(trained, "meta", tmp_path)
+    extra = ("--epochs", "1", "--gap-layers", "layer3,layer4", "--cache-gb", "0")
+    assert msn_invoke(*stage_args("train-memrm", store, ck, *extra)).exit_code == 0
+    assert CheckpointDir(ck).read_card().model["gap_layers"] == ["layer3", "layer4"]
+    assert not (ck / "memrm" / "cache" / "manifest.json").exists()
+    CheckpointDir(ck).load_model()
+
+
+def test_memrm_sigkill_then_rerun_equals_uninterrupted(trained, tmp_path):
+    store = trained[0]
+    killed, ref = copy(trained, "meta", tmp_path), tmp_path / "ref"
+    shutil.copytree(killed, ref)
+    args = stage_args("train-memrm", store, killed, "--epochs", "2")
+    kill_in_second_epoch(killed / "memrm", *args)
+    cli(*args)
+    cli(*stage_args("train-memrm", store, ref, "--epochs", "2"))
+    assert same_weights(killed / "memrm" / "weights.pt", ref / "memrm" / "weights.pt")
+
+
+def test_fusion_cache_is_the_model_and_sigma_is_stored(trained, tmp_path):
+    store, ck = trained[0], copy(trained, "memrm", tmp_path)
+    n = torch.get_num_threads()
+    train_fusion(FusionConfig(store, str(ck), epochs=1, val_split="test", **TINY))
+    torch.set_num_threads(n)
+    config = json.loads((ck / "fusion" / "config.json").read_text())
+    assert config["holdout"] is True and config["fit_patches"] == 8  # memrm's held-out patches
+    model, stages = CheckpointDir(ck).load_model()
+    assert stages == ("meta", "memrm", "fusion") and bool(model.fusion.has_stored)
+    held = json.loads((ck / "memrm" / "config.json").read_text())["held_out"]
+    ds = PatchDataset(store, split="sub-train")
+    (slide, patches), cache = next(iter(held.items())), ck / "fusion" / "cache"
+    rows = [0, 1]
+    i = [k for k in range(len(ds)) if ds.locate(k) == (slide, patches[0])][0]
+    j = [k for k in range(len(ds)) if ds.locate(k) == (slide, patches[1])][0]
+    batch = torch.utils.data.default_collate(ds.__getitems__([i, j]))
+    x = [to_input(batch[k], torch.device("cpu")) for k in ("x1", "x2", "x3")]
+    with torch.no_grad():
+        meta = model.meta_features(x[2])
+        s1 = model.branch(x[0], "x1", meta.features).logits
+        s1_cached = upsample(torch.from_numpy(np.load(cache / "s1.npy")[rows]).float(), (64, 64))
+        assert torch.allclose(s1, s1_cached, atol=0.05)
+        y1 = batch["y1"]
+        sigma = model.support_sigma(*x, y1)
+    g1, g2, c1, c2 = (
+        torch.from_numpy(np.load(cache / f"{k}.npy")[rows]) for k in ("g1", "g2", "c1", "c2")
+    )
+    cached = torch.cat([g1.sum(0) / c1.sum(), g2.sum(0) / c2.sum()])
+    assert torch.allclose(sigma, cached, atol=1e-5)
+    fused = model(*x).s
+    assert fused.shape == (2, 4, 64, 64) and torch.isfinite(fused).all()
+
+
+@pytest.mark.parametrize("method", ["conv", "awmf"])
+def test_comparison_fusions(trained, tmp_path, msn_invoke, method):
+    store, ck = trained[0], copy(trained, "memrm", tmp_path)
+    extra = ("--epochs", "1", "--method", method, "--no-holdout", "--no-augment")
+    res = msn_invoke(*stage_args("train-fusion", store, ck, *extra))
+    assert res.exit_code == 0, res.output
+    assert json.loads((ck / "fusion" / "config.json").read_text())["fit_patches"] == 16
+    model, _ = CheckpointDir(ck).load_model()
+    assert model.config.fusion == method
+
+
+def test_fusion_holdout_refused_without_memrm_holdout(trained, tmp_path, msn_invoke):
+    store, ck = trained[0], copy(trained, "meta", tmp_path)
+    assert msn_invoke(*stage_args("train-memrm", store, ck, "--epochs", "1")).exit_code == 0
+    res = msn_invoke(*stage_args("train-fusion", store, ck, "--holdout"))
+    assert res.exit_code == 1 and "held no patches out" in res.stderr
+
+
+def test_fusion_sigkill_then_rerun_equals_uninterrupted(trained, tmp_path):
+    store = trained[0]
+    killed, ref = copy(trained, "memrm", tmp_path), tmp_path / "ref"
+    shutil.copytree(killed, ref)
+    args = stage_args("train-fusion", store, killed, "--epochs", "3")
+    kill_in_second_epoch(killed / "fusion", *args)
+    cli(*args)
+    cli(*stage_args("train-fusion", store, ref, "--epochs", "3"))
+    assert same_weights(killed / "fusion" / "weights.pt", ref / "fusion" / "weights.pt")
