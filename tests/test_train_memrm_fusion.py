@@ -46,7 +46,8 @@ def stage_args(cmd, store, ck, *extra):
 
 def test_memrm_gap_analysis_cache_and_holdout(trained, tmp_path, msn_invoke):
     store, ck = trained[0], copy(trained, "meta", tmp_path)
-    extra = ("--epochs", "1", "--top-k", "2", "--holdout", "0.5", "--val-split", "test")
+    extra = ("--epochs", "1", "--gap-layers", "auto", "--top-k", "2", "--holdout", "0.5")
+    extra += ("--val-split", "test")
     res = msn_invoke(*stage_args("train-memrm", store, ck, *extra))
     assert res.exit_code == 0, res.output
     gaps = json.loads((ck / "memrm" / "gap_layers.json").read_text())
@@ -133,6 +134,9 @@ def test_comparison_fusions(trained, tmp_path, msn_invoke, method):
 def test_fusion_holdout_refused_without_memrm_holdout(trained, tmp_path, msn_invoke):
     store, ck = trained[0], copy(trained, "meta", tmp_path)
     assert msn_invoke(*stage_args("train-memrm", store, ck, "--epochs", "1")).exit_code == 0
+    # without --gap-layers: the backbone's default (deep) gap layer, analysis still saved
+    assert CheckpointDir(ck).read_card().model["gap_layers"] == ["layer3"]
+    assert (ck / "memrm" / "gap_layers.json").is_file()
     res = msn_invoke(*stage_args("train-fusion", store, ck, "--holdout"))
     assert res.exit_code == 1 and "held no patches out" in res.stderr
 

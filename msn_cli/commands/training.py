@@ -128,8 +128,13 @@ def train_memrm(
     store: StoreOpt = DEFAULT_STORE,
     checkpoints: CheckpointsOpt = DEFAULT_CHECKPOINTS,
     gap_layers: Annotated[
-        str, typer.Option("--gap-layers", help="auto (top-k of the analysis) or NAME,NAME.")
-    ] = "auto",
+        str,
+        typer.Option(
+            "--gap-layers",
+            help="default (the backbone's deep gap layers, e.g. BiSeNet layer3), auto (top-k "
+            "of the Fig. 1 analysis) or NAME,NAME.",
+        ),
+    ] = "default",
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="Gap layers chosen by auto.")] = 1,
     holdout: Annotated[
         float,

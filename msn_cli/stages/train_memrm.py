@@ -3,8 +3,10 @@
 1. Gap-layer analysis (Fig. 1): X1, X2, X3 of up to ``analysis_patches`` fit patches through
    the frozen meta-branch; per candidate layer the activation statistics and a gap score
    (:mod:`msn_cli.training.gaps`), saved as ``memrm/gap_layers.json`` and
-   ``memrm/gap_layers.png``. ``--gap-layers auto`` takes the ``--top-k`` highest; the chosen
-   layers go into ``model.json`` (``gap_layers``), which sets the model's Mem-RMs.
+   ``memrm/gap_layers.png``. ``--gap-layers auto`` takes the ``--top-k`` highest;
+   ``default`` (the default) the backbone's deep gap layers (see
+   :mod:`msn_cli.training.gaps`). The chosen layers go into ``model.json``
+   (``gap_layers``), which sets the model's Mem-RMs.
 2. The Mem-RMs learn with L(S1, Y1) + L(S2, Y2), the meta-branch frozen (eval mode). X3's
    meta-features at the gap layers never change in this stage, so they are computed once per
    patch into ``memrm/cache/`` (float16 ``.npy`` memory maps, read by the DataLoader workers)
@@ -78,7 +80,7 @@ def train_memrm(cfg: MemRMConfig) -> StageResult:
     checked_store(ck, cfg.store, "meta")
     require_msn(ck)
     card = ck.read_card()
-    names = parse_gap_layers(cfg.gap_layers, _candidates(card))
+    names = parse_gap_layers(cfg.gap_layers, _candidates(card), _defaults(card))
     ctx = make_context(cfg.device, cfg.amp, cfg.threads)
     try:
         run = StageRun(ck, "memrm", ctx, cfg.to_dict())
@@ -182,6 +184,12 @@ def _candidates(card: ModelCard) -> tuple[str, ...]:
     from msn_cli.models.registry import backbone_spec
 
     return backbone_spec(card.model["backbone"]).candidate_layers
+
+
+def _defaults(card: ModelCard) -> tuple[str, ...]:
+    from msn_cli.models.registry import backbone_spec
+
+    return tuple(backbone_spec(card.model["backbone"]).default_gap_layers)
 
 
 def _gap_analysis(run: StageRun, meta, ds, fit, cfg, ctx: Context, workers, reuse: bool) -> dict:

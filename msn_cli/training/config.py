@@ -80,7 +80,7 @@ class MetaConfig(TrainConfig):
 class MemRMConfig(TrainConfig):
     """``msn train-memrm``: Step 2, gap layers and the X1/X2 Mem-RMs."""
 
-    gap_layers: str = "auto"
+    gap_layers: str = "default"
     top_k: int = 1
     holdout: float = 0.0
     analysis_patches: int = 64

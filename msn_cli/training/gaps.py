@@ -9,6 +9,9 @@ for scale s is how far its statistics sit from X3's (the scale the meta-branch l
 
 (a standardised mean shift plus a log variance ratio: scale-free, comparable across layers).
 A layer's score is gap_x1 + gap_x2; ``--gap-layers auto`` takes the ``top_k`` highest.
+The default, ``--gap-layers default``, is the backbone's deep layer(s) (BiSeNet ``layer3``):
+on the demo data ``auto`` chose the stem, where X3's features carry no context, and MSN's
+X1 scored 37 % test mIoU against 84 % with ``layer3`` (README, "The demo").
 """
 
 from __future__ import annotations
@@ -74,17 +77,23 @@ def choose_layers(stats: dict[str, Any], top_k: int) -> tuple[str, ...]:
     return tuple(n for n in layers if n in ranked)
 
 
-def parse_gap_layers(text: str, candidates: Sequence[str]) -> tuple[str, ...] | None:
-    """``auto`` -> None; else the comma-separated names, checked against ``candidates``."""
+def parse_gap_layers(
+    text: str, candidates: Sequence[str], default: Sequence[str] = ()
+) -> tuple[str, ...] | None:
+    """``auto`` -> None (choose by the analysis); ``default`` -> the backbone's default gap
+    layers; else the comma-separated names, checked against ``candidates``."""
     from msn_cli.errors import MsnUsageError
 
-    if text.strip().lower() == "auto":
+    key = text.strip().lower()
+    if key == "auto":
         return None
+    if key == "default":
+        return tuple(default)
     names = tuple(n.strip() for n in text.split(",") if n.strip())
     bad = [n for n in names if n not in candidates]
     if not names or bad or len(set(names)) != len(names):
         raise MsnUsageError(
             "--gap-layers",
-            f"{text!r}: give auto or distinct names among {', '.join(candidates)}",
+            f"{text!r}: give default, auto or distinct names among {', '.join(candidates)}",
         )
     return names
