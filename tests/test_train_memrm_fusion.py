@@ -133,7 +133,8 @@ def test_comparison_fusions(trained, tmp_path, msn_invoke, method):
 
 def test_fusion_holdout_refused_without_memrm_holdout(trained, tmp_path, msn_invoke):
     store, ck = trained[0], copy(trained, "meta", tmp_path)
-    assert msn_invoke(*stage_args("train-memrm", store, ck, "--epochs", "1")).exit_code == 0
+    args = stage_args("train-memrm", store, ck, "--epochs", "1", "--holdout", "0")
+    assert msn_invoke(*args).exit_code == 0
     # without --gap-layers: the backbone's default (deep) gap layer, analysis still saved
     assert CheckpointDir(ck).read_card().model["gap_layers"] == ["layer3"]
     assert (ck / "memrm" / "gap_layers.json").is_file()

@@ -138,8 +138,11 @@ def train_memrm(
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="Gap layers chosen by auto.")] = 1,
     holdout: Annotated[
         float,
-        typer.Option(help="Fraction of the split kept out of Mem-RM training for train-fusion."),
-    ] = 0.0,
+        typer.Option(
+            help="Fraction of the split kept out of Mem-RM training, to fit train-fusion on "
+            "(0: the paper's protocol, both on the same patches)."
+        ),
+    ] = 0.5,
     analysis_patches: Annotated[
         int, typer.Option(min=1, help="Patches of the gap-layer analysis.")
     ] = 64,

@@ -82,7 +82,9 @@ class MemRMConfig(TrainConfig):
 
     gap_layers: str = "default"
     top_k: int = 1
-    holdout: float = 0.0
+    #: Kept out of Mem-RM training for train-fusion: 0.5 by evidence (README, "The demo");
+    #: 0 is the paper's protocol (Mem-RM and Meta-FM on the same patches).
+    holdout: float = 0.5
     analysis_patches: int = 64
     cache_gb: float = 8.0
 
