@@ -33,6 +33,11 @@ def reported(fn):
         except KeyboardInterrupt:
             error("interrupted")
             raise typer.Exit(130) from None
+        except OSError as exc:  # unwritable output, disk full, ...: the file and the reason
+            if state["debug"]:
+                traceback.print_exc()
+            error(os_error_message(exc))
+            raise typer.Exit(1) from None
         except (typer.Exit, typer.Abort, SystemExit):
             raise
         except Exception as exc:  # a bug: still one line unless --debug
@@ -42,6 +47,17 @@ def reported(fn):
             raise typer.Exit(1) from None
 
     return wrapper
+
+
+def os_error_message(exc: OSError) -> str:
+    """``<file>: <reason>`` of a failed read or write (e.g. ``m.tif: No space left on device``).
+
+    Example:
+        >>> os_error_message(OSError(27, "File too large", "ck/meta/last.pt"))
+        'ck/meta/last.pt: File too large'
+    """
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return f"{exc.filename}: {reason}" if exc.filename else reason
 
 
 def error(message: str) -> None:

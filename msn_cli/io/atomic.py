@@ -12,18 +12,46 @@ from typing import Any, BinaryIO
 def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], Any]) -> Path:
     """Call ``write(fh)`` on a temporary file beside ``path``, fsync it, rename it to ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as fh:
-            write(fh)
+            rec = _Recording(fh)
+            try:
+                write(rec)
+            except Exception:
+                if rec.error is not None:  # torch.save turns it into a RuntimeError
+                    raise rec.error from None
+                raise
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:  # disk full, read-only, ...: name the file the user asked for
+        if exc.filename is None or Path(exc.filename) == tmp:
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+class _Recording:
+    """A file handle that keeps the OSError of a failed write (some writers swallow it)."""
+
+    def __init__(self, fh: BinaryIO) -> None:
+        self._fh = fh
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self._fh.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._fh, name)
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:

@@ -32,6 +32,10 @@ LEVEL_TOLERANCE = 1.02
 #: 1 Gpx (3 GiB of RGB), beyond which an image must come as a tiled TIFF.
 MAX_PLAIN_IMAGE_PIXELS = 1 << 30
 
+#: The most pixels of one TIFF tile or strip, which is decoded whole like a plain image; a header
+#: claiming more (a damaged or hostile file) is refused before anything is decoded.
+MAX_TIFF_BLOCK_PIXELS = MAX_PLAIN_IMAGE_PIXELS
+
 PLAIN_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
 TIFF_SUFFIXES = {".tif", ".tiff", ".btf", ".tf8"}
 
@@ -126,7 +130,14 @@ class TiffSlide(Slide):
         store = series.aszarr()
         root = zarr.open(store, mode="r")
         arrays = [root] if hasattr(root, "shape") else [root[str(i)] for i in range(len(root))]
-        for arr, lvl in zip(arrays, series.levels, strict=False):
+        for i, (arr, lvl) in enumerate(zip(arrays, series.levels, strict=False)):
+            block = [n for n, ax in zip(arr.chunks, lvl.axes, strict=False) if ax in "YX"]
+            if math.prod(block) > MAX_TIFF_BLOCK_PIXELS:
+                raise MsnError(
+                    path,
+                    f"level {i} is stored in blocks of {'x'.join(map(str, block))} pixels, "
+                    "too large to decode; convert it to a tiled pyramidal TIFF",
+                )
             self._arrays.append((arr, lvl.axes))
         self.levels = []
         w0 = h0 = None
@@ -154,7 +165,8 @@ class TiffSlide(Slide):
         try:
             data = np.asarray(arr[tuple(index)])
         except Exception as exc:  # decoder errors come in many types
-            raise MsnError(self.path, f"cannot decode level {level}: {exc}") from exc
+            why = str(exc) or type(exc).__name__
+            raise MsnError(self.path, f"cannot decode level {level}: {why}") from exc
         kept = [ax for ax in axes if ax in "YXSC"]
         order = [kept.index("Y"), kept.index("X"), kept.index("S" if "S" in kept else "C")]
         data = np.transpose(data, order)

@@ -23,7 +23,9 @@ Example:
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,13 +147,21 @@ class PatchStore:
         import zarr
 
         url = str(url)
-        try:
-            root = zarr.open_group(_location(url), mode="a")
-        except Exception as exc:
-            raise MsnError(url, f"cannot open or create the store: {exc}") from exc
+        for attempt in range(3):
+            # Another process creating the store at the same moment makes zarr's
+            # check-then-create fail ("A group exists") or see its temporary files: retry.
+            try:
+                with _quiet_temporaries():
+                    root = zarr.open_group(_location(url), mode="a")
+                break
+            except Exception as exc:
+                if attempt == 2:
+                    raise MsnError(url, f"cannot open or create the store: {exc}") from exc
         attrs = dict(root.attrs)
         if _ROOT_KEY not in attrs:
-            if any(True for _ in root.group_keys()):
+            with _quiet_temporaries():
+                others = any(True for _ in root.group_keys())
+            if others:
                 raise MsnError(url, "not an msn patch store (no msn_store attributes)")
             root.attrs.update({_ROOT_KEY: spec.to_attrs()})
             return cls(url, root, spec)
@@ -182,7 +192,9 @@ class PatchStore:
         if split is not None and split not in SPLITS:
             raise MsnError(self.url, f"unknown split {split!r}; expected one of {SPLITS}")
         out = []
-        for name in sorted(self.root.group_keys()):
+        with _quiet_temporaries():
+            names = sorted(self.root.group_keys())
+        for name in names:
             if name.startswith(_TEMP_PREFIXES):
                 continue
             rec = self.slide(name)
@@ -393,6 +405,14 @@ def _crc32c(data: bytes) -> int:
     import google_crc32c
 
     return google_crc32c.value(data)
+
+
+@contextmanager
+def _quiet_temporaries():
+    """Silence zarr's warning about another process's temporary ``zarr.*.partial`` files."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Object at .* is not recognized")
+        yield
 
 
 def slide_name(path: str | Path) -> str:

@@ -33,7 +33,12 @@ def assemble(predictor, job, config, slide, store, xs_axis, ys_axis, mask_key, d
     }
     probs_writer = None
     try:
-        write_mask_tiff(tmp, w0, h0, blocks, mpp=slide.mpp, description=description)
+        try:
+            write_mask_tiff(tmp, w0, h0, blocks, mpp=slide.mpp, description=description)
+        except OSError as exc:  # disk full, ...: name the mask the user asked for
+            if exc.filename is None:
+                raise OSError(exc.errno, exc.strerror or str(exc), str(job.out)) from exc
+            raise
         if job.probabilities is not None:
             from msn_cli.io.export import ProbabilityWriter
 

@@ -88,6 +88,10 @@ def tile(store_url: str, jobs: Sequence[SlideJob], config: TileConfig) -> list[S
             results.append(
                 SlideResult(job.slide, slide_name(job.slide), "failed", error=str(exc), exc=exc)
             )
+        except OSError as exc:  # the store cannot be written (disk full, ...): stop here
+            if exc.filename is None:
+                raise OSError(exc.errno, exc.strerror or str(exc), store_url) from exc
+            raise
     return results
 
 

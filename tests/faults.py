@@ -1,0 +1,183 @@
+"""Fault injection for the crash and bad-input suites (no tests here).
+
+``msn`` runs in a child process; the test busy-polls the file system (no sleeps) until the
+child has made its N-th write of some file pattern, then SIGKILLs it. A
+``random.Random(seed)`` picks N, so a ``--slow`` run covers many kill points reproducibly. Other
+helpers run a child with a size-limited write (a full disk, simulated) or measure its memory.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import resource
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+#: Longest a child may run before the test gives up on it (a hang is a failure, not a wait).
+TIMEOUT = 120.0
+
+
+def msn(*args: object) -> list[str]:
+    """The command line of ``msn --quiet ARGS`` in a fresh interpreter."""
+    return [sys.executable, "-m", "msn_cli.cli", "--quiet", *map(str, args)]
+
+
+def child_env() -> dict[str, str]:
+    """The environment of a child: no MSN_/SLURM_ leaking in, this checkout, one thread."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MSN_", "SLURM_"))}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def run(*args: object, check: bool = True, timeout: float = TIMEOUT) -> subprocess.CompletedProcess:
+    """``msn ARGS`` to completion; with ``check``, fail the test on a non-zero exit."""
+    proc = subprocess.run(
+        msn(*args), capture_output=True, text=True, env=child_env(), timeout=timeout
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"msn {' '.join(map(str, args))} failed:\n{proc.stderr}")
+    return proc
+
+
+# -- what a child has written so far -----------------------------------------------------------
+
+
+class FilesSeen:
+    """Counts the distinct files matching ``patterns`` under ``root`` seen so far.
+
+    Remembered across polls, so the count never drops when a folder is renamed away (a
+    committed ``__partial__`` slide group, a removed ``.partial`` folder).
+    """
+
+    def __init__(self, root: Path, *patterns: str) -> None:
+        self.root, self.patterns, self.seen = Path(root), patterns, set()
+
+    def __call__(self) -> int:
+        for pattern in self.patterns:
+            self.seen.update(self.root.glob(pattern))
+        return len(self.seen)
+
+
+class WritesOf:
+    """Counts the versions of one file seen so far (an atomic rewrite is a new inode + mtime)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.seen = Path(path), set()
+
+    def __call__(self) -> int:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return len(self.seen)
+        self.seen.add((st.st_ino, st.st_mtime_ns, st.st_size))
+        return len(self.seen)
+
+
+def kill_point(seed: int, points: Sequence):
+    """The kill point of ``seed``: one of ``points``, chosen by ``random.Random(seed)``."""
+    return random.Random(seed).choice(list(points))
+
+
+@dataclass
+class Killed:
+    returncode: int
+    stderr: str
+
+
+def kill_after(args: Sequence[object], count: Callable[[], int], n: int) -> Killed:
+    """Run ``msn ARGS``; SIGKILL it as soon as ``count() >= n`` (busy-polling, no sleep).
+
+    Fails the test if the child ends (or hangs) before reaching the kill point: a kill point
+    that is never reached proves nothing.
+    """
+    proc = subprocess.Popen(
+        msn(*args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=child_env()
+    )
+    deadline = time.monotonic() + TIMEOUT
+    try:
+        while proc.poll() is None and count() < n:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"msn {args[0]} did not reach kill point {n} in time")
+        alive = proc.poll() is None
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        stderr = proc.stderr.read().decode(errors="replace")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+    assert alive, f"msn {args[0]} ended (rc {proc.returncode}) before kill point {n}:\n{stderr}"
+    assert proc.returncode == -signal.SIGKILL
+    return Killed(proc.returncode, stderr)
+
+
+# -- a full disk and memory use ----------------------------------------------------------------
+
+
+def run_fsize_limited(*args: object, limit: int) -> subprocess.CompletedProcess:
+    """``msn ARGS`` with every file write capped at ``limit`` bytes (a full disk, simulated).
+
+    Works as root, where a read-only folder does not stop writes. SIGXFSZ is ignored in the
+    child so that the write fails with EFBIG (an OSError) instead of killing the process.
+    """
+
+    def limit_writes() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return subprocess.run(
+        msn(*args),
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        preexec_fn=limit_writes,
+        timeout=TIMEOUT,
+    )
+
+
+_MEASURE = """\
+import resource, subprocess, sys, time
+t0 = time.monotonic()
+p = subprocess.run(sys.argv[1:], capture_output=True, text=True)
+sys.stdout.write(f"{p.returncode} {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss} "
+                 f"{time.monotonic() - t0}\\n")
+sys.stderr.write(p.stderr)
+"""
+
+
+@dataclass
+class Measured:
+    returncode: int
+    max_rss_bytes: int
+    seconds: float
+    stderr: str
+
+
+def run_measured(*args: object, timeout: float = 60.0) -> Measured:
+    """``msn ARGS`` in a fresh child, with its peak resident memory and wall time.
+
+    A wrapper process runs it, so ``RUSAGE_CHILDREN`` holds this command alone (not the earlier
+    children of the test process).
+    """
+    proc = subprocess.run(
+        [sys.executable, "-c", _MEASURE, *msn(*args)],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=timeout,
+    )
+    rc, rss_kib, seconds = proc.stdout.split()
+    return Measured(int(rc), int(rss_kib) * 1024, float(seconds), proc.stderr)
+
+
+def error_lines(stderr: str) -> list[str]:
+    """The non-empty lines of ``stderr``."""
+    return [line for line in stderr.splitlines() if line.strip()]

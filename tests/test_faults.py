@@ -1,0 +1,310 @@
+"""Crashes and concurrency: SIGKILL at seeded random points of every stage, then the same command
+again, ends with the result of an uninterrupted run, and nothing that looks complete is
+incomplete at the kill moment; ``train-meta`` reading a store while ``tile`` adds to it sees
+only complete slides (DESIGN.md §5).
+
+The default run kills ``predict`` once here; ``tile`` and the training stages are killed once
+each by ``test_tile.py``, ``test_train_meta.py`` and ``test_train_memrm_fusion.py``. ``--slow``
+adds shards of ``tile`` and bands of ``predict`` picked by ``random.Random(seed)``, and every
+kill point of each training stage (start, caches, the end of each epoch).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from faults import FilesSeen, WritesOf, child_env, kill_after, kill_point, msn, run
+from slides import pattern, write_pyramid
+from test_predict import make_checkpoints
+from test_train_support import FAST, make_store, same_weights
+
+from msn_cli.io.annotations import LabelledPolygon, write_geojson
+from msn_cli.io.checkpoints import CheckpointDir
+from msn_cli.io.store import IMAGES, LABELS, PatchStore
+from msn_cli.stages import train_meta as train_meta_module
+from msn_cli.stages.tile import SlideJob, TileConfig, tile
+from msn_cli.synth import write_synthetic_slide
+from msn_cli.training.config import MemRMConfig, MetaConfig
+
+SLOW_SEEDS = [1, 2, 3]
+EPOCHS = 3
+
+
+@pytest.fixture
+def keep_threads():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def tree_digest(path: Path) -> dict[str, str]:
+    """SHA-256 of every file under ``path`` (to show that it was not touched)."""
+    return {
+        str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(path.rglob("*"))
+        if p.is_file()
+    }
+
+
+# -- tile ----------------------------------------------------------------------------------------
+
+
+def store_arrays(url: Path, name: str) -> dict[str, np.ndarray]:
+    rec = PatchStore.open(url).slide(name)
+    return {k: rec.read(k, slice(None)) for k in (*IMAGES, *LABELS, "centers", "tissue")}
+
+
+@pytest.fixture(scope="module")
+def tile_case(tmp_path_factory):
+    """Two 1024x512 slides (8 shards of 64 patches each), a manifest, a reference store."""
+    d = tmp_path_factory.mktemp("tile-faults")
+    sq = np.array([[100, 80], [700, 80], [700, 400], [100, 400]], float)
+    rows = ["slide,annotations,split"]
+    for i, name in enumerate(("a", "b")):
+        write_pyramid(d / f"{name}.tif", pattern(1024, 512, seed=20 + i))
+        write_geojson(d / f"{name}.geojson", [LabelledPolygon(1, "benign", sq)])
+        rows.append(f"{name}.tif,{name}.geojson,train")
+    (d / "m.csv").write_text("\n".join(rows) + "\n")
+    args = ["tile", "--manifest", d / "m.csv", "--patch-size", "32", "--min-tissue", "0"]
+    args += ["--workers", "1"]
+    run(*args, "--store", d / "ref.zarr")
+    ref = {name: store_arrays(d / "ref.zarr", name) for name in ("a", "b")}
+    return d, args, ref
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", SLOW_SEEDS)
+def test_tile_sigkill_at_a_random_shard_then_rerun(tile_case, tmp_path, seed):
+    d, args, ref = tile_case
+    url = tmp_path / "killed.zarr"
+    n = kill_point(seed, range(1, 16))  # 16 shards in all; y3 is the last array of a shard
+    kill_after([*args, "--store", url], FilesSeen(url, "__partial__*/y3/c/*"), n)
+    # At the kill moment the store lists only complete slides, each exactly as it will end.
+    listed = PatchStore.open(url).slides(complete_only=False)
+    assert all(r.complete for r in listed)
+    for r in listed:
+        for k, v in store_arrays(url, r.name).items():
+            np.testing.assert_array_equal(v, ref[r.name][k], err_msg=f"{r.name} {k}")
+    run(*args, "--store", url)
+    assert [r.name for r in PatchStore.open(url).slides()] == ["a", "b"]
+    for name in ("a", "b"):
+        for k, v in store_arrays(url, name).items():
+            np.testing.assert_array_equal(v, ref[name][k], err_msg=f"{name} {k}")
+
+
+# -- training -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def train_case(tmp_path_factory):
+    """A store, the starting checkpoint directory of each stage, and lazily made references."""
+    d = tmp_path_factory.mktemp("train-faults")
+    n = torch.get_num_threads()
+    store = make_store(d)
+    tiny = {"batch_size": 4, "workers": 0, "threads": 1}
+    from msn_cli.stages.train_memrm import train_memrm
+    from msn_cli.stages.train_meta import train_meta
+
+    (d / "start-meta").mkdir()
+    train_meta(MetaConfig(store, str(d / "start-memrm"), epochs=1, width=0.125, **tiny))
+    shutil.copytree(d / "start-memrm", d / "start-fusion")
+    train_memrm(MemRMConfig(store, str(d / "start-fusion"), epochs=1, holdout=0.5, **tiny))
+    torch.set_num_threads(n)
+    refs: dict[str, Path] = {}
+
+    def reference(stage: str) -> Path:
+        if stage not in refs:
+            refs[stage] = d / f"ref-{stage}"
+            shutil.copytree(d / f"start-{stage}", refs[stage])
+            run(*stage_args(stage, store, refs[stage]))
+        return refs[stage]
+
+    return d, store, reference
+
+
+def stage_args(stage: str, store: str, ck: Path) -> list:
+    extra = ["--width", "0.125"] if stage == "meta" else []
+    return [
+        f"train-{stage}",
+        "--store",
+        store,
+        "--checkpoints",
+        ck,
+        "--epochs",
+        EPOCHS,
+        *FAST,
+        *extra,
+    ]
+
+
+def training_kill_points(stage: str) -> list[str]:
+    """Every kill point of a stage: once it has started, once its caches exist (memrm,
+    fusion), after epoch k's ``last.pt``."""
+    points = ["started"]
+    if stage == "memrm":
+        points.append("gap layers")
+    if stage in ("memrm", "fusion"):
+        points.append("cache")
+    return points + [f"epoch {k}" for k in range(1, EPOCHS)]
+
+
+def training_counter(stage_dir: Path, point: str):
+    """(counter, n) that reaches n at ``point``."""
+    if point == "started":
+        return FilesSeen(stage_dir, "config.json"), 1
+    if point == "gap layers":
+        return FilesSeen(stage_dir, "gap_layers.json"), 1
+    if point == "cache":
+        return FilesSeen(stage_dir, "cache/*.npy"), 1
+    return WritesOf(stage_dir / "last.pt"), int(point.split()[1])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("stage", "point"),
+    [(s, p) for s in ("meta", "memrm", "fusion") for p in training_kill_points(s)],
+)
+def test_training_sigkill_at_every_point_then_rerun(train_case, tmp_path, stage, point):
+    d, store, reference = train_case
+    ck = tmp_path / "ck"
+    shutil.copytree(d / f"start-{stage}", ck)
+    earlier = {s: tree_digest(ck / s) for s in ("meta", "memrm") if (ck / s).is_dir()}
+    stage_dir = ck / stage
+    kill_after(stage_args(stage, store, ck), *training_counter(stage_dir, point))
+    # At the kill moment: no final weights, a loadable last.pt, earlier stages untouched.
+    assert not (stage_dir / "weights.pt").exists()
+    st = CheckpointDir(ck).stage(stage)
+    last = st.load_last()
+    assert last is None or 1 <= int(last["epoch"]) < EPOCHS
+    st.read_history()
+    for s, digest in earlier.items():
+        assert tree_digest(ck / s) == digest, f"{s} changed by a killed {stage}"
+    run(*stage_args(stage, store, ck))
+    ref = reference(stage)
+    assert same_weights(stage_dir / "weights.pt", ref / stage / "weights.pt")
+
+
+# -- predict ------------------------------------------------------------------------------------
+
+W, H = 768, 640  # 20 bands of 24 patches (patch 32)
+N_BANDS = H // 32
+
+
+@pytest.fixture(scope="module")
+def predict_case(tmp_path_factory):
+    d = tmp_path_factory.mktemp("predict-faults")
+    write_pyramid(d / "s.tif", pattern(W, H, seed=7), downsamples=(1, 4, 16))
+    ck = make_checkpoints(d / "ck")
+    args = ["predict", d / "s.tif", "--checkpoints", ck, "--min-tissue", "0", "--workers", "1"]
+    args += ["--batch-size", "8", "--device", "cpu"]
+    run(*args, "--out", d / "ref.tif")
+    return args, tifffile.imread(d / "ref.tif")
+
+
+def _unpack_band(path: Path) -> np.ndarray:
+    import imagecodecs
+
+    return np.load(io.BytesIO(imagecodecs.zstd_decode(path.read_bytes())), allow_pickle=False)
+
+
+def check_predict_sigkill(predict_case, tmp_path, seed: int) -> None:
+    args, ref = predict_case
+    out = tmp_path / "out" / "m.tif"
+    partial = out.with_name(out.name + ".partial")
+    n = kill_point(seed, range(1, N_BANDS - 2))
+    bands = FilesSeen(out.parent, "m.tif.partial/band*.labels.zst", "m.tif.partial/band*.empty")
+    kill_after([*args, "--out", out], bands, n)
+    # At the kill moment: no mask, or a complete one; every finished band readable.
+    if out.exists():
+        np.testing.assert_array_equal(tifffile.imread(out), ref)
+    finished = sorted(partial.glob("band*.labels.zst"))
+    assert len(finished) >= n
+    for band in finished:
+        assert _unpack_band(band).shape[1] == W
+    run(*args, "--out", out)
+    np.testing.assert_array_equal(tifffile.imread(out), ref)
+    assert not partial.exists()
+    assert sorted(os.listdir(out.parent)) == ["m.tif"]  # no temporaries left behind
+
+
+def test_predict_sigkill_mid_slide_then_rerun_equals_uninterrupted(predict_case, tmp_path):
+    check_predict_sigkill(predict_case, tmp_path, seed=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", SLOW_SEEDS)
+def test_predict_sigkill_at_a_random_band_then_rerun(predict_case, tmp_path, seed):
+    check_predict_sigkill(predict_case, tmp_path, seed)
+
+
+# -- concurrency --------------------------------------------------------------------------------
+
+
+def test_train_meta_while_tile_adds_a_slide_sees_only_complete_slides(
+    tmp_path, monkeypatch, keep_threads
+):
+    """tile B is paused (SIGSTOP) mid-slide while train-meta lists the store, then both run at
+    once: training uses exactly slide A, and the store ends with A and B complete."""
+    from msn_cli.io.patches import Levels
+    from msn_cli.stages.train_meta import train_meta
+
+    write_synthetic_slide(tmp_path / "A.tif", size=(256, 256), seed=0, patch=64)
+    write_synthetic_slide(tmp_path / "B.tif", size=(1024, 1024), seed=1, patch=64)
+    url = tmp_path / "st.zarr"
+    classes = ("normal", "benign", "in situ", "invasive")
+    config = TileConfig(Levels.parse("4x 2x 1x"), classes, patch_size=64, min_tissue=0)
+    tile(str(url), [SlideJob(tmp_path / "A.tif")], config)
+    alone = tmp_path / "alone.zarr"
+    shutil.copytree(url, alone)
+    n_a = PatchStore.open(url).slide("A").n_patches
+
+    args = ["tile", tmp_path / "B.tif", "--store", url, "--patch-size", "64", "--levels", "4x"]
+    args += ["2x", "1x", "--min-tissue", "0", "--workers", "1"]
+    proc = subprocess.Popen(msn(*args), stderr=subprocess.PIPE, env=child_env())
+    seen = {}
+    real = train_meta_module.dataset
+    cfg = dict(epochs=1, width=0.125, batch_size=4, workers=0, threads=1, val_split=None)
+
+    def dataset_then_resume_tile(*a, **kw):
+        ds = real(*a, **kw)
+        seen.setdefault("train", len(ds))
+        proc.send_signal(signal.SIGCONT)  # B is written and committed while training runs
+        return ds
+
+    try:
+        first_shard = FilesSeen(url, "__partial__B/y3/c/*")
+        while proc.poll() is None and first_shard() < 1:
+            pass
+        proc.send_signal(signal.SIGSTOP)
+        assert proc.poll() is None, "tile B ended before it could be paused"
+        assert [r.name for r in PatchStore.open(url).slides()] == ["A"]
+        monkeypatch.setattr(train_meta_module, "dataset", dataset_then_resume_tile)
+        train_meta(MetaConfig(str(url), str(tmp_path / "ck"), **cfg))
+    finally:
+        proc.send_signal(signal.SIGCONT)
+        rc = proc.wait(timeout=120)
+        err = proc.stderr.read().decode()
+        proc.stderr.close()
+    assert rc == 0, err
+    assert seen["train"] == n_a
+    store = PatchStore.open(url)
+    assert [(r.name, r.complete) for r in store.slides(complete_only=False)] == [
+        ("A", True),
+        ("B", True),
+    ]
+    monkeypatch.setattr(train_meta_module, "dataset", real)
+    train_meta(MetaConfig(str(alone), str(tmp_path / "ck-alone"), **cfg))
+    weights = [tmp_path / ck / "meta" / "weights.pt" for ck in ("ck", "ck-alone")]
+    assert same_weights(*weights)  # trained on exactly slide A
+    assert json.loads((tmp_path / "ck" / "model.json").read_text())["classes"][1] == "benign"
