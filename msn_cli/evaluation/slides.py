@@ -14,7 +14,6 @@ against the CSV's folder.
 
 from __future__ import annotations
 
-import csv
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ import numpy as np
 from msn_cli.errors import MsnError
 from msn_cli.evaluation import SCHEMA_VERSION
 from msn_cli.evaluation.results import scores
+from msn_cli.io.manifest import read_rows, resolve
 from msn_cli.io.rasterise import IGNORE
 from msn_cli.metrics import ConfusionMatrix
 
@@ -49,43 +49,16 @@ class SlidePair:
 
 def read_pairs(path: str | os.PathLike[str]) -> list[SlidePair]:
     """Rows of a ``pred,truth[,slide][,name]`` CSV, paths resolved against its folder."""
-    path = Path(path)
-    if not path.is_file():
-        raise MsnError(path, "no such manifest")
-    rows: list[SlidePair] = []
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            header = [(h or "").strip() for h in reader.fieldnames or []]
-            missing = [c for c in ("pred", "truth") if c not in header]
-            if missing:
-                raise MsnError(
-                    path,
-                    f"missing column(s) {', '.join(missing)}; header must be pred,truth[,slide]",
-                )
-            for i, raw in enumerate(reader, start=2):
-                row = {(k or "").strip(): (v or "").strip() for k, v in raw.items()}
-                if not row.get("pred") or not row.get("truth"):
-                    raise MsnError(path, f"line {i}: empty pred or truth")
-                slide = row.get("slide") or None
-                rows.append(
-                    SlidePair(
-                        _resolve(path, row["pred"]),
-                        _resolve(path, row["truth"]),
-                        _resolve(path, slide) if slide else None,
-                        row.get("name") or None,
-                    )
-                )
-    except (OSError, csv.Error, UnicodeDecodeError) as exc:
-        raise MsnError(path, f"cannot read manifest: {exc}") from exc
-    if not rows:
-        raise MsnError(path, "manifest lists no pairs")
-    return rows
-
-
-def _resolve(manifest: Path, value: str) -> Path:
-    p = Path(value).expanduser()
-    return p if p.is_absolute() else manifest.parent / p
+    rows = read_rows(path, ("pred", "truth"), "pred,truth[,slide]", "pairs")
+    return [
+        SlidePair(
+            resolve(path, row["pred"]),
+            resolve(path, row["truth"]),
+            resolve(path, row["slide"]) if row.get("slide") else None,
+            row.get("name") or None,
+        )
+        for _, row in rows
+    ]
 
 
 class MaskReader:

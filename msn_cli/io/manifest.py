@@ -13,6 +13,8 @@ Example ``manifest.csv``::
 from __future__ import annotations
 
 import csv
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,42 +28,53 @@ class ManifestRow:
     split: str | None
 
 
-def read_manifest(path: str | Path, required: tuple[str, ...] = ("slide",)) -> list[ManifestRow]:
-    """Rows of a manifest CSV; paths resolved against its folder."""
+def read_rows(
+    path: str | os.PathLike[str], required: Sequence[str], header_hint: str, what: str = "rows"
+) -> list[tuple[int, dict[str, str]]]:
+    """(line number, stripped row) of a CSV with the ``required`` columns, all non-empty.
+
+    The one CSV reader of msn (tile's and predict's manifests, evaluate's pairs).
+    """
     path = Path(path)
     if not path.is_file():
         raise MsnError(path, "no such manifest")
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
-            header = [h.strip() for h in (reader.fieldnames or [])]
+            header = [(h or "").strip() for h in (reader.fieldnames or [])]
             missing = [c for c in required if c not in header]
             if missing:
                 raise MsnError(
-                    path,
-                    f"missing column(s) {', '.join(missing)}; header must be "
-                    "slide,annotations,split",
+                    path, f"missing column(s) {', '.join(missing)}; header must be {header_hint}"
                 )
             rows = []
             for i, raw in enumerate(reader, start=2):
                 row = {(k or "").strip(): (v or "").strip() for k, v in raw.items()}
-                if not row.get("slide"):
-                    raise MsnError(path, f"line {i}: empty slide path")
-                ann = row.get("annotations") or None
-                rows.append(
-                    ManifestRow(
-                        _resolve(path, row["slide"]),
-                        _resolve(path, ann) if ann else None,
-                        row.get("split") or None,
-                    )
-                )
+                empty = [c for c in required if not row.get(c)]
+                if empty:
+                    raise MsnError(path, f"line {i}: empty {' and '.join(empty)}")
+                rows.append((i, row))
     except (OSError, csv.Error, UnicodeDecodeError) as exc:
         raise MsnError(path, f"cannot read manifest: {exc}") from exc
     if not rows:
-        raise MsnError(path, "manifest lists no slides")
+        raise MsnError(path, f"manifest lists no {what}")
     return rows
 
 
-def _resolve(manifest: Path, value: str) -> Path:
+def resolve(manifest: str | os.PathLike[str], value: str) -> Path:
+    """A manifest's path ``value``, relative ones resolved against the manifest's folder."""
     p = Path(value).expanduser()
-    return p if p.is_absolute() else (manifest.parent / p)
+    return p if p.is_absolute() else (Path(manifest).parent / p)
+
+
+def read_manifest(path: str | Path, required: tuple[str, ...] = ("slide",)) -> list[ManifestRow]:
+    """Rows of a manifest CSV; paths resolved against its folder."""
+    rows = read_rows(path, required, "slide,annotations,split", "slides")
+    return [
+        ManifestRow(
+            resolve(path, row["slide"]),
+            resolve(path, row["annotations"]) if row.get("annotations") else None,
+            row.get("split") or None,
+        )
+        for _, row in rows
+    ]
