@@ -47,29 +47,6 @@ def shrink(polygon: np.ndarray, center: tuple[float, float], width: float) -> np
     return np.round(np.asarray(center) + d * scale[:, None], DECIMALS)
 
 
-def _spans(polygon: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Row index, first column and end column (exclusive) of each inside span on ``rows``."""
-    x0, y0 = polygon[:, 0], polygon[:, 1]
-    x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
-    yc = rows[:, None] + 0.5
-    crosses = (y0[None, :] <= yc) != (y1[None, :] <= yc)
-    dy = np.where(y1 == y0, 1.0, y1 - y0)
-    xs = x0[None, :] + (yc - y0[None, :]) * ((x1 - x0) / dy)[None, :]
-    xs = np.where(crosses, xs, np.inf)
-    xs.sort(axis=1)
-    n = crosses.sum(axis=1)
-    out_r, out_a, out_b = [], [], []
-    for k in range(0, int(n.max(initial=0)), 2):
-        ok = n > k + 1
-        out_r.append(np.nonzero(ok)[0])
-        out_a.append(np.ceil(xs[ok, k] - 0.5).astype(np.int64))
-        out_b.append(np.ceil(xs[ok, k + 1] - 0.5).astype(np.int64))
-    if not out_r:
-        empty = np.zeros(0, np.int64)
-        return empty, empty, empty
-    return np.concatenate(out_r), np.concatenate(out_a), np.concatenate(out_b)
-
-
 def fill_polygon(
     target: np.ndarray,
     polygon: np.ndarray,
@@ -82,24 +59,23 @@ def fill_polygon(
 
     ``target`` (H, W) covers the level-0 box starting at ``origin`` (x, y) sampled every
     ``scale`` level-0 pixels, so a strip of a slide or a downsampled label map can be filled.
+    The coverage is msn's one rasteriser (:func:`msn_cli.io.rasterise.fill_polygon`), so the
+    painted images and the labels ``tile`` reads from the annotations agree pixel for pixel.
     """
+    from msn_cli.io.rasterise import fill_polygon as coverage
+
     h, w = target.shape[:2]
-    poly = (np.asarray(polygon, np.float64) - np.asarray(origin)) / scale
-    y_lo = max(0, int(np.floor(poly[:, 1].min() - 0.5)))
-    y_hi = min(h, int(np.ceil(poly[:, 1].max() + 0.5)))
-    x_lo = max(0, int(np.floor(poly[:, 0].min() - 0.5)))
-    x_hi = min(w, int(np.ceil(poly[:, 0].max() + 0.5)))
+    poly = np.asarray(polygon, np.float64)
+    px = (poly - np.asarray(origin)) / scale
+    y_lo = max(0, int(np.floor(px[:, 1].min() - 0.5)))
+    y_hi = min(h, int(np.ceil(px[:, 1].max() + 0.5)))
+    x_lo = max(0, int(np.floor(px[:, 0].min() - 0.5)))
+    x_hi = min(w, int(np.ceil(px[:, 0].max() + 0.5)))
     if y_lo >= y_hi or x_lo >= x_hi:
         return
-    rows, a, b = _spans(poly, np.arange(y_lo, y_hi, dtype=np.float64))
-    a = np.clip(a, x_lo, x_hi) - x_lo
-    b = np.clip(b, x_lo, x_hi) - x_lo
-    keep = b > a
-    rows, a, b = rows[keep], a[keep], b[keep]
-    diff = np.zeros((y_hi - y_lo, x_hi - x_lo + 1), np.int16)
-    np.add.at(diff, (rows, a), 1)
-    np.add.at(diff, (rows, b), -1)
-    inside = (np.cumsum(diff[:, :-1], axis=1) % 2).astype(bool)
+    edges = np.hstack([poly, np.roll(poly, -1, axis=0)])
+    x0, y0 = origin[0] + x_lo * scale, origin[1] + y_lo * scale
+    inside = coverage(edges, x0, y0, scale, y_hi - y_lo, x_hi - x_lo)
     target[y_lo:y_hi, x_lo:x_hi][inside] = value
 
 
