@@ -5,6 +5,7 @@ from __future__ import annotations
 import doctest
 import json
 import logging
+import os
 import re
 import subprocess
 import sys
@@ -324,3 +325,15 @@ def test_store_comes_from_msn_store(msn_invoke, tmp_path, monkeypatch):
     result = msn_invoke("tile", slide, "--patch-size", "64", "--store", other, env=env)
     assert result.exit_code == 0
     assert (other / "envslide").is_dir()
+
+
+def test_entry_point_makes_openmp_wait_passively_unless_told_otherwise(monkeypatch):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.setattr(sys, "argv", ["msn", "--version"])
+    with pytest.raises(SystemExit):
+        cli.main()
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    with pytest.raises(SystemExit):
+        cli.main()
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
