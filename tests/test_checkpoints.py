@@ -7,13 +7,12 @@ import pickle
 
 import pytest
 import torch
+from fakes import random_checkpoints
 
 from msn_cli.errors import MsnError
 from msn_cli.io.checkpoints import (
-    STAGE_PARTS,
     STAGES,
     CheckpointDir,
-    ModelCard,
     load_checkpoint_file,
 )
 from msn_cli.io.store import StoreSpec
@@ -23,15 +22,7 @@ CLASSES = ["normal", "benign", "in situ", "invasive"]
 
 
 def make_dir(path, stages=STAGES, fusion="meta"):
-    cfg = MSNConfig(backbone="bisenet", width=0.125, num_classes=4, patch_size=32, fusion=fusion)
-    ck = CheckpointDir(path)
-    ck.write_card(ModelCard(cfg.to_dict(), CLASSES))
-    model = MSN(cfg)
-    if fusion == "meta":
-        model.store_sigma(torch.randn(model.sigma_dim))
-    for name in stages:
-        ck.stage(name).save_weights(getattr(model, STAGE_PARTS[name]).state_dict())
-    return ck, model
+    return random_checkpoints(path, stages, classes=CLASSES, fusion=fusion)
 
 
 def test_rebuild_the_model_from_the_directory_alone(tmp_path):

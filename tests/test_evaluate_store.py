@@ -9,16 +9,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fakes import random_checkpoints
 from slides import pattern, write_pyramid
 
 from msn_cli.evaluation.figures import SCALES, parse_gap_stats
 from msn_cli.io.annotations import LabelledPolygon, write_geojson
-from msn_cli.io.checkpoints import STAGE_PARTS, CheckpointDir, ModelCard
+from msn_cli.io.checkpoints import CheckpointDir, ModelCard
 from msn_cli.io.dataset import PatchDataset
 from msn_cli.io.patches import Levels
 from msn_cli.metrics import ConfusionMatrix
 from msn_cli.models.layers import count_parameters
-from msn_cli.models.msn import MSN, MSNConfig
+from msn_cli.models.msn import MSN
 from msn_cli.runtime import to_input
 from msn_cli.stages.evaluate import evaluate_store
 from msn_cli.stages.tile import SlideJob, TileConfig, tile
@@ -62,21 +63,7 @@ HISTORY = {
 
 def make_checkpoints(d: Path, stages=("meta", "memrm", "fusion"), seed: int = 0) -> str:
     """A checkpoint directory with random-init weights for ``stages`` and their histories."""
-    torch.manual_seed(seed)
-    cfg = MSNConfig(
-        backbone="bisenet", width=0.125, num_classes=4, patch_size=32, magnifications=(4, 2, 1)
-    )
-    model = MSN(cfg)
-    ck = CheckpointDir(d)
-    ck.path.mkdir(parents=True, exist_ok=True)
-    ck.write_card(ModelCard(cfg.to_dict(), list(CLASSES)))
-    for name in stages:
-        if name == "fusion":
-            model.store_sigma(torch.randn(model.sigma_dim))
-        st = ck.stage(name)
-        st.dir.mkdir(parents=True, exist_ok=True)
-        st.save_weights(getattr(model, STAGE_PARTS[name]).state_dict())
-        st.write_history(HISTORY[name])
+    random_checkpoints(d, stages, seed, CLASSES, histories=HISTORY, magnifications=(4, 2, 1))
     return str(d)
 
 

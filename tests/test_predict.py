@@ -10,16 +10,14 @@ import numpy as np
 import openslide
 import pytest
 import tifffile
-import torch
 import zarr
+from fakes import random_checkpoints
 from slides import pattern, write_pyramid
 
 from msn_cli.io.annotations import LabelledPolygon, PolygonLabels, read_geojson, write_geojson
-from msn_cli.io.checkpoints import STAGE_PARTS, CheckpointDir, ModelCard
 from msn_cli.io.maskwriter import read_description
 from msn_cli.io.patches import Levels
 from msn_cli.io.store import PatchStore
-from msn_cli.models.msn import MSN, MSNConfig
 from msn_cli.stages import predict as stage
 from msn_cli.stages.predict import PredictConfig, PredictJob, Predictor, partial_dir, predict
 from msn_cli.stages.tile import SlideJob, TileConfig, tile
@@ -30,19 +28,8 @@ W, H = 520, 392  # not multiples of P: the last row and column are shifted patch
 
 
 def make_checkpoints(d: Path, stages=("meta", "memrm", "fusion"), seed: int = 0) -> Path:
-    """Random-init weights, biased so that every class shows up in the masks."""
-    torch.manual_seed(seed)
-    cfg = MSNConfig(backbone="bisenet", width=0.125, num_classes=4, patch_size=P)
-    model = MSN(cfg)
-    ck = CheckpointDir(d)
-    ck.path.mkdir(parents=True, exist_ok=True)
-    ck.write_card(ModelCard(cfg.to_dict(), list(CLASSES)))
-    for name in stages:
-        if name == "fusion":
-            model.store_sigma(torch.randn(model.sigma_dim))
-        st = ck.stage(name)
-        st.dir.mkdir(parents=True, exist_ok=True)
-        st.save_weights(getattr(model, STAGE_PARTS[name]).state_dict())
+    """Random-init weights for ``stages`` (the fusion with a random stored σ*)."""
+    random_checkpoints(d, stages, seed, CLASSES, patch_size=P)
     return d
 
 

@@ -200,3 +200,11 @@ def base_downsample(slide: Slide, mpp: float | None) -> float:
             slide.path, f"--mpp {mpp} is finer than the slide's base resolution ({slide.mpp:.4g})"
         )
     return mpp / slide.mpp
+
+
+def check_walk_options(min_tissue: float, mpp: float | None) -> None:
+    """The slide-walking options ``tile`` and ``predict`` share: bad values are usage errors."""
+    if not 0.0 <= min_tissue <= 1.0:
+        raise MsnUsageError("--min-tissue", f"{min_tissue} is not a fraction in [0, 1]")
+    if mpp is not None and mpp <= 0:
+        raise MsnUsageError("--mpp", "must be a positive number of microns per pixel")

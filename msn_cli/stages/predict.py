@@ -35,7 +35,7 @@ import numpy as np
 
 from msn_cli.errors import MsnError, MsnUsageError
 from msn_cli.io.maskwriter import read_description
-from msn_cli.io.patches import Levels, PatchGeometry, base_downsample
+from msn_cli.io.patches import Levels, PatchGeometry, base_downsample, check_walk_options
 from msn_cli.io.slide import fingerprint, open_slide
 from msn_cli.prediction.assemble import assemble, write_extras, zarr_key
 from msn_cli.prediction.partial import BandStore, partial_dir
@@ -116,12 +116,9 @@ def predict(jobs: Sequence[PredictJob], config: PredictConfig) -> list[PredictRe
 def validate(config: PredictConfig, jobs: Sequence[PredictJob]) -> None:
     if config.batch_size < 1:
         raise MsnUsageError("--batch-size", f"{config.batch_size} is not a positive number")
-    if not 0.0 <= config.min_tissue <= 1.0:
-        raise MsnUsageError("--min-tissue", f"{config.min_tissue} is not a fraction in [0, 1]")
+    check_walk_options(config.min_tissue, config.mpp)
     if config.branch is not None and config.branch not in BRANCH_CHOICES:
         raise MsnUsageError("--branch", f"{config.branch!r} is not one of fusion, x1, x2, x3")
-    if config.mpp is not None and config.mpp <= 0:
-        raise MsnUsageError("--mpp", "must be a positive number of microns per pixel")
     if config.geojson_frame not in ("qupath", "level0"):
         raise MsnUsageError("--geojson-frame", "expected qupath or level0")
     seen: dict[Path, Path] = {}

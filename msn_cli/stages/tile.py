@@ -20,7 +20,14 @@ import numpy as np
 from msn_cli.errors import MsnError, MsnUsageError
 from msn_cli.io import annotations as ann
 from msn_cli.io.labelmask import MaskLabels
-from msn_cli.io.patches import Levels, PatchGeometry, base_downsample, extract, region_blocks
+from msn_cli.io.patches import (
+    Levels,
+    PatchGeometry,
+    base_downsample,
+    check_walk_options,
+    extract,
+    region_blocks,
+)
 from msn_cli.io.slide import cached_slide, fingerprint, open_slide
 from msn_cli.io.store import IGNORE_LABEL, SPLITS, PatchStore, StoreSpec, slide_name
 from msn_cli.io.tissue import tissue_fractions
@@ -98,8 +105,7 @@ def tile(store_url: str, jobs: Sequence[SlideJob], config: TileConfig) -> list[S
 def validate_config(config: TileConfig) -> None:
     if config.patch_size < 16:
         raise MsnUsageError("--patch-size", f"{config.patch_size} is too small (at least 16)")
-    if not 0.0 <= config.min_tissue <= 1.0:
-        raise MsnUsageError("--min-tissue", f"{config.min_tissue} is not a fraction in [0, 1]")
+    check_walk_options(config.min_tissue, config.mpp)
     if config.unannotated not in ("normal", "ignore"):
         raise MsnUsageError("--unannotated", "expected 'normal' (class 0) or 'ignore' (255)")
     if config.split not in SPLITS:
@@ -108,8 +114,6 @@ def validate_config(config: TileConfig) -> None:
         config.classes
     ):
         raise MsnUsageError("--classes", "need at least two distinct class names")
-    if config.mpp is not None and config.mpp <= 0:
-        raise MsnUsageError("--mpp", "must be a positive number of microns per pixel")
 
 
 def tile_slide(store: PatchStore, job: SlideJob, config: TileConfig) -> SlideResult:
