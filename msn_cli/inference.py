@@ -6,7 +6,8 @@ Outputs depend on the finished stages (and on ``model.json``'s ``input``):
   "Meta-branch" row);
 * meta + memrm: X1 and X2 through their Mem-RMs (fed by X3's meta-features), X3 plain;
 * + fusion: also the fused map S, in X1's frame;
-* a single-resolution baseline (``train-meta --input x1``): only that input's output.
+* a single-resolution baseline (``train-meta --input x1``): only that input's output;
+* independent experts (``experts``): each input through its own expert, + fusion.
 
 ``train-*`` validation, ``evaluate`` and ``predict`` all call :func:`run_branches`.
 """
@@ -27,9 +28,11 @@ def available_outputs(stages: Sequence[str], model_input: str = "x3") -> tuple[s
     Example:
         >>> available_outputs(("meta",)), available_outputs(("meta", "memrm", "fusion"))
         (('x1', 'x2', 'x3'), ('x1', 'x2', 'x3', 'fusion'))
-        >>> available_outputs(("meta",), "x1")
-        ('x1',)
+        >>> available_outputs(("meta",), "x1"), available_outputs(("experts",))
+        (('x1',), ('x1', 'x2', 'x3'))
     """
+    if "experts" in stages:
+        return OUTPUTS if "fusion" in stages else OUTPUTS[:3]
     if "meta" not in stages:
         return ()
     if model_input != "x3":
@@ -58,16 +61,17 @@ def run_branches(
     if missing:
         raise ValueError(f"outputs {missing} need stages not finished (have {list(stages)})")
     inputs = {"x1": x1, "x2": x2, "x3": x3}
-    if card.input != "x3" or "memrm" not in stages:
+    if "experts" not in stages and (card.input != "x3" or "memrm" not in stages):
         return {o: model.meta_branch(inputs[o]).logits for o in want}
-    meta = model.meta_features(x3)
     out: dict[str, Tensor] = {}
-    if "x3" in want or "fusion" in want:
-        out["x3"] = meta.logits
+    memory = {}
+    if "x3" in want or "fusion" in want or not model.independent:
+        meta = model.meta_features(x3)
+        out["x3"], memory = meta.logits, meta.features
     if "x1" in want or "fusion" in want:
-        out["x1"] = model.branch(x1, "x1", meta.features).logits
+        out["x1"] = model.branch(x1, "x1", memory).logits
     if "x2" in want or "fusion" in want:
-        out["x2"] = model.branch(x2, "x2", meta.features).logits
+        out["x2"] = model.branch(x2, "x2", memory).logits
     if "fusion" in want:
         out["fusion"] = model.fuse(out["x1"], out["x2"], out["x3"], images=(x1, x2, x3))
     return {o: out[o] for o in want}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from msn_cli.io.checkpoints import STAGE_PARTS, STAGES, CheckpointDir, ModelCard
+from msn_cli.io.checkpoints import EXPERT_STAGES, MSN_STAGES, CheckpointDir, ModelCard
 from msn_cli.models.msn import MSN, MSNConfig
 
 CLASSES = ("normal", "benign", "in situ", "invasive")
@@ -14,7 +14,7 @@ CLASSES = ("normal", "benign", "in situ", "invasive")
 
 def random_checkpoints(
     path: Path,
-    stages=STAGES,
+    stages=None,
     seed: int = 0,
     classes=CLASSES,
     histories: dict[str, list[dict]] | None = None,
@@ -22,18 +22,21 @@ def random_checkpoints(
 ) -> tuple[CheckpointDir, MSN]:
     """A checkpoint directory whose finished ``stages`` hold random weights (Meta-FM gets a
     random stored σ*, so the fusion predicts without labels). ``config``: MSNConfig fields
-    (default: BiSeNet at width 0.125, patch 32)."""
+    (default: BiSeNet at width 0.125, patch 32); ``branches="independent"`` makes a directory
+    of experts (default stages: experts and fusion)."""
     torch.manual_seed(seed)
     cfg = MSNConfig(**{"backbone": "bisenet", "width": 0.125, "patch_size": 32, **config,
                        "num_classes": len(classes)})  # fmt: skip
     model = MSN(cfg)
+    if stages is None:
+        stages = EXPERT_STAGES if cfg.branches == "independent" else MSN_STAGES
     ck = CheckpointDir(path)
     ck.write_card(ModelCard(cfg.to_dict(), list(classes)))
     if cfg.fusion == "meta" and "fusion" in stages:
         model.store_sigma(torch.randn(model.sigma_dim))
     for name in stages:
         st = ck.stage(name)
-        st.save_weights(getattr(model, STAGE_PARTS[name]).state_dict())
+        st.save_weights(model.stage_part(name).state_dict())
         if histories and name in histories:
             st.write_history(histories[name])
     return ck, model

@@ -11,7 +11,7 @@ from fakes import random_checkpoints
 
 from msn_cli.errors import MsnError
 from msn_cli.io.checkpoints import (
-    STAGES,
+    MSN_STAGES,
     CheckpointDir,
     load_checkpoint_file,
 )
@@ -21,20 +21,23 @@ from msn_cli.models.msn import MSN, MSNConfig
 CLASSES = ["normal", "benign", "in situ", "invasive"]
 
 
-def make_dir(path, stages=STAGES, fusion="meta"):
+def make_dir(path, stages=MSN_STAGES, fusion="meta"):
     return random_checkpoints(path, stages, classes=CLASSES, fusion=fusion)
 
 
 def test_rebuild_the_model_from_the_directory_alone(tmp_path):
     ck, model = make_dir(tmp_path / "ck")
     loaded, stages = ck.load_model("cpu")
-    assert stages == STAGES and not loaded.training
+    assert stages == MSN_STAGES and not loaded.training
     x = torch.rand(2, 3, 32, 32)
     model.eval()
     with torch.no_grad():
         a, b = model(x, x, x), loaded(x, x, x)  # fusion from the stored σ*: no labels
     assert torch.equal(a.s, b.s) and torch.equal(a.s1, b.s1)
-    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == [*sorted(STAGES), "model.json"]
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == [
+        *sorted(MSN_STAGES),
+        "model.json",
+    ]
     assert not list((tmp_path / "ck").rglob(".*tmp*"))  # atomic writes leave no temporaries
 
 

@@ -78,7 +78,7 @@ def copy_stages(src: str, dst: Path, stages) -> str:
 
 KEYS = {"kind", "method", "split", "n_patches", "classes", "params_m", "miou", "iou", "confusion"}
 KEYS |= {"pixels", "outputs", "stages", "backbone", "fusion_type", "input", "checkpoints", "store"}
-KEYS |= {"schema_version"}
+KEYS |= {"schema_version", "fusion_params_m", "branches"}
 OUTS = {"x1", "x2", "x3", "fusion"}
 
 
@@ -197,7 +197,11 @@ def test_cli_json_tables_figures_and_repeatability(setup, msn_invoke, tmp_path):
         f = tmp_path / "figs" / name
         assert f.is_file() and f.stat().st_size > 1000, name
     res = msn_invoke("evaluate", "--compare", tmp_path / "r0.json", tmp_path / "r1.json")
-    assert res.exit_code == 0 and res.stdout.count("MSN (bisenet)") == 2
+    assert res.exit_code == 0 and res.stdout.count("MSN (bisenet)") == 1  # same label: merged
+    res = msn_invoke(
+        "evaluate", "--compare", tmp_path / "r0.json", tmp_path / "r1.json", "--labels", "a,b"
+    )
+    assert res.exit_code == 0 and "MSN (bisenet)" not in res.stdout
 
 
 def test_figures_without_gap_stats_warn_and_write_the_rest(setup, tmp_path):

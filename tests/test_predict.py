@@ -223,3 +223,28 @@ def test_memory_stays_bounded_as_the_slide_grows(env, tmp_path, monkeypatch):
     a = _peak(small, ck, tmp_path / "a.tif")
     b = _peak(large, ck, tmp_path / "b.tif")
     assert b < 1.3 * a, (a, b)
+
+
+def test_independent_experts_predict_their_fusion_without_labels(env, tmp_path):
+    """An AWMF-CNN directory (independent, tuned experts) predicts like its own forward."""
+    import torch
+
+    from msn_cli.runtime import to_input
+
+    d = env[0]
+    ck, model = random_checkpoints(
+        tmp_path / "ck", None, 1, CLASSES, patch_size=P, branches="independent",
+        fusion="awmf", tune_experts=True,
+    )  # fmt: skip
+    job = PredictJob(d / "s.tif", tmp_path / "m.tif")
+    [res] = predict([job], config(ck.path))
+    assert res.status == "predicted" and read_description(job.out)["branch"] == "fusion"
+    rng = np.random.default_rng(0)
+    xs = [rng.integers(0, 256, (3, P, P, 3), dtype=np.uint8) for _ in range(3)]
+    labels, _ = Predictor(config(ck.path))(xs, False)
+    ts = [to_input(torch.from_numpy(x).permute(0, 3, 1, 2), torch.device("cpu")) for x in xs]
+    with torch.no_grad():
+        expected = model.eval()(*ts).s.argmax(1).numpy()
+    assert np.array_equal(labels, expected)
+    x2, _ = Predictor(config(ck.path, branch="x2"))(xs, False)
+    assert x2.shape == labels.shape

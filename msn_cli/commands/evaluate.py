@@ -21,7 +21,12 @@ from msn_cli.options import (
 )
 
 _SLIDE = "Slide mode"
+_CMP = "Comparison"
 _OUT = "Outputs"
+
+
+def _names(text: str | None) -> list[str] | None:
+    return None if text is None else [s.strip() for s in text.split(",")]
 
 
 @reported
@@ -29,7 +34,8 @@ def evaluate(
     runs: Annotated[
         list[Path] | None,
         typer.Argument(
-            help="Result files of earlier `--json` runs, with --compare.",
+            help="Result files of earlier `--json` runs, with --compare (with --curve: stage "
+            "folders such as ckpt/memrm, or their history.jsonl).",
             show_default=False,
             metavar="RUNS",
         ),
@@ -95,10 +101,46 @@ def evaluate(
         ),
     ] = None,
     compare: Annotated[
-        bool, typer.Option("--compare", help="Print RUNS side by side (rows = runs).")
+        bool,
+        typer.Option(
+            "--compare",
+            help="Print RUNS side by side (rows = runs; runs with the same label share a row).",
+            rich_help_panel=_CMP,
+        ),
     ] = False,
     labels: Annotated[
-        str | None, typer.Option(help="Comma-separated row names for --compare.")
+        str | None,
+        typer.Option(help="Comma-separated row names for --compare.", rich_help_panel=_CMP),
+    ] = None,
+    columns: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated table columns among params, fusion-params, x1, x2, x3, "
+            "fusion (default: params,x1,x2,x3,fusion).",
+            rich_help_panel=_CMP,
+            show_default=False,
+        ),
+    ] = None,
+    title: Annotated[
+        str | None,
+        typer.Option(
+            help="The table's title line (default: mIoU (%) on split ...).",
+            rich_help_panel=_CMP,
+            show_default=False,
+        ),
+    ] = None,
+    curve: Annotated[
+        str | None,
+        typer.Option(
+            help="Compare training curves instead: mIoU per epoch of these outputs "
+            "(comma-separated among x1, x2, x3, fusion) of each RUN.",
+            rich_help_panel=_CMP,
+            show_default=False,
+        ),
+    ] = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option(help="Write the --curve lines as a PNG plot.", rich_help_panel=_CMP),
     ] = None,
     method: Annotated[
         str | None, typer.Option(help="Row name of this run (default: from the checkpoint).")
@@ -127,7 +169,8 @@ def evaluate(
 
     Example: `msn evaluate --store store.zarr --checkpoints ckpt --json msn.json` ·
     `msn evaluate --pred A01_mask.tif --truth A01.xml --slide A01.svs` ·
-    `msn evaluate --compare msn.json bisenet.json --markdown table.md`
+    `msn evaluate --compare msn.json bisenet.json --markdown table.md` ·
+    `msn evaluate --compare ckpt/memrm ckpt_unet/meta --curve x1 --labels MSN,U-Net --plot f5.png`
     """
     from msn_cli.evaluation import report
     from msn_cli.stages import evaluate as stage
@@ -135,17 +178,33 @@ def evaluate(
     slide_mode = pred is not None or manifest is not None
     if runs and not compare:
         raise MsnUsageError("RUNS", "result files are compared with --compare")
+    for option, value in (("--curve", curve), ("--columns", columns), ("--title", title)):
+        if value is not None and not compare:
+            raise MsnUsageError(option, "only with --compare")
+    if plot is not None and curve is None:
+        raise MsnUsageError("--plot", "only with --compare --curve (it plots the curves)")
     if compare:
         if not runs:
-            raise MsnUsageError("--compare", "give the result JSON files to compare")
+            what = "stage folders (or history.jsonl)" if curve else "result JSON files"
+            raise MsnUsageError("--compare", f"give the {what} to compare")
         if slide_mode or figures is not None or json_out is not None:
             raise MsnUsageError(
-                "--compare", "--compare takes only RUNS, --labels, --csv, --markdown"
+                "--compare",
+                "--compare takes only RUNS, --labels, --columns, --title, --curve, --plot, "
+                "--csv, --markdown",
             )
-        names = [s.strip() for s in labels.split(",")] if labels else None
+        names = _names(labels) if labels else None
         if names is not None and len(names) != len(runs):
             raise MsnUsageError("--labels", f"{len(names)} label(s) for {len(runs)} run(s)")
-        report.print_comparison(stage.compare_results(runs, names, csv, markdown))
+        if curve is not None:
+            if columns is not None:
+                raise MsnUsageError("--columns", "not with --curve (its columns are the runs)")
+            table = stage.compare_curves(
+                runs, _names(curve) or [], names, csv, markdown, plot, title
+            )
+        else:
+            table = stage.compare_results(runs, names, csv, markdown, _names(columns), title)
+        report.print_comparison(table)
         return
     if labels is not None:
         raise MsnUsageError("--labels", "only with --compare (name this run with --method)")

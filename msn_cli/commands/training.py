@@ -186,6 +186,22 @@ def train_fusion(
             show_default=False,
         ),
     ] = None,
+    experts: Annotated[
+        str | None,
+        typer.Option(
+            help="X1DIR,X2DIR,X3DIR: fuse three separately trained `train-meta` directories "
+            "(Multi-branch, AWMF-CNN) into --checkpoints instead of an MSN.",
+            show_default=False,
+        ),
+    ] = None,
+    alternate: Annotated[
+        bool,
+        typer.Option(
+            "--alternate",
+            help="With --experts: train fusion and experts in turn, one epoch each "
+            "(AWMF-CNN end to end).",
+        ),
+    ] = False,
     cache_gb: CacheOpt = 8.0,
     epochs: EpochsOpt = 10,
     batch_size: BatchOpt = 32,
@@ -202,7 +218,8 @@ def train_fusion(
 ) -> None:
     """Step 3: train the meta fusion module (Meta-FM) or a comparison fusion.
 
-    Example: `msn train-fusion --store store.zarr --checkpoints ckpt --epochs 10`
+    Example: `msn train-fusion --store store.zarr --checkpoints ckpt --epochs 10` ·
+    `msn train-fusion --experts b_x1,b_x2,b_x3 --checkpoints awmf --method awmf --alternate`
     """
     from msn_cli.stages.train_fusion import train_fusion as run
     from msn_cli.training.config import FusionConfig

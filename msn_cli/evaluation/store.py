@@ -14,10 +14,11 @@ import torch
 from msn_cli.errors import MsnError
 from msn_cli.evaluation import OUTPUTS, SCHEMA_VERSION, TARGETS
 from msn_cli.evaluation.results import scores
-from msn_cli.io.checkpoints import STAGE_PARTS, CheckpointDir
+from msn_cli.io.checkpoints import CheckpointDir
 from msn_cli.io.dataset import PatchDataset
 from msn_cli.io.store import PatchStore
 from msn_cli.metrics import ConfusionMatrix
+from msn_cli.models.layers import count_parameters
 
 
 @dataclass
@@ -30,22 +31,40 @@ class Shown:
     names: list[str] = field(default_factory=list)  # "slide#patch"
 
 
-def method_name(backbone: str, stages: tuple[str, ...], model_input: str) -> str:
-    """A default row label: Table 1/3 style."""
+FUSION_NAMES = {"meta": "Meta-FM", "conv": "w/o Meta", "awmf": "AWMF fusion"}
+
+
+def method_name(
+    backbone: str, stages: tuple[str, ...], model_input: str, model=None, extra=None
+) -> str:
+    """A default row label: Table 1/3/5 style (``model``: its ``MSNConfig`` dict, ``extra``:
+    model.json's ``extra``)."""
+    model, extra = model or {}, extra or {}
+    fusion = FUSION_NAMES.get(str(model.get("fusion")), str(model.get("fusion")))
+    if "experts" in stages:
+        sources = extra.get("experts") or []
+        kind = "Meta-branch" if len(set(sources)) == 1 else "Multi-branch"
+        if "fusion" not in stages:
+            return f"{kind} ({backbone})"
+        if model.get("fusion") == "awmf":
+            return f"AWMF-CNN ({backbone}{'' if model.get('tune_experts') else ', fixed'})"
+        return f"{kind} + {fusion} ({backbone})"
     if model_input != "x3":
         return f"{backbone} ({model_input.upper()} only)"
     if "memrm" not in stages:
         return f"Meta-branch ({backbone})"
     if "fusion" not in stages:
         return f"MSN w/o fusion ({backbone})"
+    if model.get("fusion", "meta") != "meta":
+        return f"MSN ({backbone}, {fusion})"
     return f"MSN ({backbone})"
 
 
-def trained_parameters(model: torch.nn.Module, stages: tuple[str, ...]) -> int:
-    """Parameters of the parts the finished stages trained (the whole MSN once all are)."""
-    from msn_cli.models.layers import count_parameters
-
-    return sum(count_parameters(getattr(model, STAGE_PARTS[s])) for s in stages)
+def trained_parameters(model, stages: tuple[str, ...]) -> int:
+    """Parameters of the parts the finished stages trained (the whole model once all are),
+    each counted once."""
+    unique = {id(p): p for s in stages for p in model.stage_part(s).parameters()}
+    return sum(p.numel() for p in unique.values())
 
 
 def evaluate_store(
@@ -128,11 +147,13 @@ def evaluate_store(
     cfg = card.model
     result = {
         "kind": "store",
-        "method": method or method_name(str(cfg.get("backbone")), stages, card.input),
+        "method": method
+        or method_name(str(cfg.get("backbone")), stages, card.input, cfg, card.extra),
         "split": split,
         "n_patches": n,
         "classes": list(card.classes),
         "params_m": trained_parameters(model, stages) / 1e6,
+        "fusion_params_m": count_parameters(model.fusion) / 1e6 if "fusion" in stages else None,
         "miou": pick("miou"),
         "iou": pick("iou"),
         "confusion": pick("confusion"),
@@ -141,6 +162,7 @@ def evaluate_store(
         "stages": list(stages),
         "backbone": cfg.get("backbone"),
         "fusion_type": cfg.get("fusion"),
+        "branches": cfg.get("branches", "shared"),
         "input": card.input,
         "checkpoints": str(checkpoints),
         "store": str(store),

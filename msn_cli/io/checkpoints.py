@@ -10,6 +10,10 @@
         config.json         the resolved configuration the stage ran with
         history.jsonl       one JSON object per epoch (loss, mIoU, seconds, ...)
 
+A directory of independent experts (``msn train-fusion --experts X1DIR,X2DIR,X3DIR``: the
+paper's "Multi-branch" and AWMF-CNN systems) holds ``experts/`` (the three imported
+experts, ``config.json`` naming their sources) and ``fusion/`` instead.
+
 Any later stage, ``predict`` included, rebuilds the model from the directory alone
 (:meth:`CheckpointDir.load_model`). Every file is written atomically; every ``.pt`` file is
 read with ``torch.load(weights_only=True)``, so a checkpoint cannot run code.
@@ -32,10 +36,18 @@ from msn_cli.io.atomic import atomic_write, atomic_write_json, atomic_write_text
 from msn_cli.io.store import StoreSpec
 
 SCHEMA_VERSION = 1
-STAGES = ("meta", "memrm", "fusion")
-#: The model part each stage trains, as attribute names of ``msn_cli.models.msn.MSN``.
-STAGE_PARTS = {"meta": "meta_branch", "memrm": "memory_recall", "fusion": "fusion"}
-COMMANDS = {"meta": "msn train-meta", "memrm": "msn train-memrm", "fusion": "msn train-fusion"}
+#: ``experts`` exists only in a directory of independent branches (``train-fusion --experts``):
+#: the three imported single-resolution experts, in place of ``meta`` and ``memrm``. The module
+#: each stage's weights belong to is ``MSN.stage_part(stage)``.
+STAGES = ("meta", "memrm", "experts", "fusion")
+MSN_STAGES = ("meta", "memrm", "fusion")
+EXPERT_STAGES = ("experts", "fusion")
+COMMANDS = {
+    "meta": "msn train-meta",
+    "memrm": "msn train-memrm",
+    "experts": "msn train-fusion --experts",
+    "fusion": "msn train-fusion",
+}
 
 
 @dataclass(frozen=True)
@@ -210,7 +222,7 @@ class CheckpointDir:
             st = self.stage(name)
             if not st.complete:
                 raise MsnError(st.dir, f"stage '{name}' has not finished; run `{COMMANDS[name]}`")
-            part = getattr(model, STAGE_PARTS[name])
+            part = model.stage_part(name)
             state = st.load(st.weights)
             try:
                 part.load_state_dict(state)

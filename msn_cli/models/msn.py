@@ -31,17 +31,24 @@ from msn_cli.models.fusion import ConvFusion, MetaFusion, sigma_from_gradients
 from msn_cli.models.memory import MemoryRecall, crop_center, magnification_ratio
 from msn_cli.models.registry import backbone_spec, build_backbone
 
-__all__ = ["BRANCHES", "FUSIONS", "MSN", "MSNConfig", "MSNOutput"]
+__all__ = ["ARCH_KEYS", "BRANCH_KINDS", "BRANCHES", "FUSIONS", "MSN", "MSNConfig", "MSNOutput"]
 
 FUSIONS = ("meta", "conv", "awmf")
 BRANCHES = ("x1", "x2", "x3")
+#: ``shared``: MSN (one meta-branch, Mem-RMs); ``independent``: three separately trained
+#: experts of the same backbone (the paper's "Multi-branch" and AWMF-CNN systems).
+BRANCH_KINDS = ("shared", "independent")
+#: The MSNConfig keys that fix a backbone's weights' shapes (what train-meta writes).
+ARCH_KEYS = ("backbone", "width", "num_classes", "patch_size", "magnifications", "in_channels")
 
 
 @dataclass(frozen=True)
 class MSNConfig:
     """The architecture of an MSN, as stored in a checkpoint's ``model.json``.
 
-    ``gap_layers=None`` means the backbone's default gap layers.
+    ``gap_layers=None`` means the backbone's default gap layers. ``branches="independent"``
+    gives each input its own backbone (no gap layers, no Mem-RM); ``tune_experts`` records
+    that ``train-fusion --alternate`` trained those experts with the fusion.
 
     Example:
         >>> cfg = MSNConfig(backbone="unet", num_classes=2, magnifications=(4, 2, 1))
@@ -58,6 +65,8 @@ class MSNConfig:
     fusion: str = "meta"
     meta_hidden: int = 9
     in_channels: int = 3
+    branches: str = "shared"
+    tune_experts: bool = False
 
     def __post_init__(self) -> None:
         spec = backbone_spec(self.backbone)
@@ -76,6 +85,15 @@ class MSNConfig:
             )
         if self.fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
+        if self.branches not in BRANCH_KINDS:
+            raise ValueError(f"branches must be one of {BRANCH_KINDS}, got {self.branches!r}")
+        if self.branches == "independent":
+            if self.gap_layers:
+                raise ValueError("independent branches have no gap layers (no Mem-RM)")
+            object.__setattr__(self, "gap_layers", ())
+            return
+        if self.tune_experts:
+            raise ValueError("tune_experts needs independent branches")
         gaps = spec.default_gap_layers if self.gap_layers is None else tuple(self.gap_layers)
         unknown = [g for g in gaps if g not in spec.candidate_layers]
         if unknown or len(set(gaps)) != len(gaps):
@@ -125,14 +143,21 @@ class MSNOutput:
 
 
 class MSN(nn.Module):
-    """Meta Segmentation Network: meta-branch, Mem-RMs, fusion (see module docstring)."""
+    """Meta Segmentation Network: meta-branch, Mem-RMs, fusion (see module docstring).
+
+    With ``branches="independent"`` the same interface runs three separate experts:
+    ``meta_branch`` is the X3 expert and ``experts`` holds X1's and X2's.
+    """
 
     def __init__(self, config: MSNConfig) -> None:
         super().__init__()
         self.config = config
-        self.meta_branch = build_backbone(
-            config.backbone, config.num_classes, config.width, config.in_channels
+        make = partial(
+            build_backbone, config.backbone, config.num_classes, config.width, config.in_channels
         )
+        self.meta_branch = make()
+        independent = config.branches == "independent"
+        self.experts = nn.ModuleDict({b: make() for b in ("x1", "x2")} if independent else {})
         ratios = config.ratios
         self.memory_recall = nn.ModuleDict(
             {
@@ -157,6 +182,36 @@ class MSN(nn.Module):
     @property
     def gap_layers(self) -> tuple[str, ...]:
         return tuple(self.config.gap_layers or ())
+
+    @property
+    def independent(self) -> bool:
+        return self.config.branches == "independent"
+
+    def branch_net(self, which: str) -> nn.Module:
+        """The backbone that computes branch ``which`` (the meta-branch unless independent)."""
+        if which not in BRANCHES:
+            raise ValueError(f"which must be one of {BRANCHES}, got {which!r}")
+        return self.experts[which] if which in self.experts else self.meta_branch  # noqa: SIM401
+
+    def expert_modules(self) -> nn.ModuleDict:
+        """X1, X2, X3 experts of an independent model, by input (shared modules, not copies)."""
+        if not self.independent:
+            raise ValueError("only independent branches have experts")
+        return nn.ModuleDict({b: self.branch_net(b) for b in BRANCHES})
+
+    def stage_part(self, stage: str) -> nn.Module:
+        """The module whose weights a checkpoint stage holds (see io/checkpoints.py)."""
+        if stage == "meta":
+            return self.meta_branch
+        if stage == "memrm":
+            return self.memory_recall
+        if stage == "experts":
+            return self.expert_modules()
+        if stage == "fusion":
+            if self.config.tune_experts:
+                return nn.ModuleDict({"fusion": self.fusion, **self.expert_modules()})
+            return self.fusion
+        raise ValueError(f"unknown stage {stage!r}")
 
     # -- parts, for the three training steps ---------------------------------------------
     def meta_parameters(self) -> list[nn.Parameter]:
@@ -184,9 +239,10 @@ class MSN(nn.Module):
         memory: Mapping[str, Tensor] | None = None,
         features: Sequence[str] = (),
     ) -> BackboneOutput:
-        """Run one branch: ``x3`` plain; ``x1``/``x2`` with their Mem-RMs fed by ``memory``."""
-        if which == "x3":
-            return self.meta_branch(x, features=features)
+        """Run one branch: ``x3`` plain; ``x1``/``x2`` with their Mem-RMs fed by ``memory``
+        (or, independent, through their own experts)."""
+        if which == "x3" or self.independent:
+            return self.branch_net(which)(x, features=features)
         rms = self._memrm(which)
         memory = {} if memory is None else memory
         missing = [g for g in self.gap_layers if g not in memory]
@@ -209,9 +265,10 @@ class MSN(nn.Module):
         if out1.penultimate is None or out2.penultimate is None:
             raise ValueError("branch outputs carry no penultimate tensor")
         size = out1.logits.shape[-2:]
-        head = self.meta_branch
-        g1 = head.output_gradient(out1.penultimate, y1, size=size, ignore_index=IGNORE_INDEX)
-        g2 = head.output_gradient(
+        g1 = self.branch_net("x1").output_gradient(
+            out1.penultimate, y1, size=size, ignore_index=IGNORE_INDEX
+        )
+        g2 = self.branch_net("x2").output_gradient(
             out2.penultimate,
             y1,
             size=out2.logits.shape[-2:],

@@ -36,7 +36,8 @@ class Predictor:
                 ck.path,
                 f"trained for classes {', '.join(card.classes)}, not {', '.join(config.classes)}",
             )
-        ck.require("meta")
+        if not ck.completed():
+            ck.require("meta")  # names the command to run
         self.device = resolve_device(config.device)
         configure_threads(self.device)
         torch.backends.cudnn.benchmark = self.device.type == "cuda"

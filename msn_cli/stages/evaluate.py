@@ -21,6 +21,7 @@ from msn_cli.evaluation.slides import SlidePair, evaluate_slides, read_pairs, re
 
 __all__ = [
     "SlidePair",
+    "compare_curves",
     "compare_results",
     "evaluate_slide_pairs",
     "evaluate_store",
@@ -95,10 +96,39 @@ def compare_results(
     labels: Sequence[str] | None = None,
     csv_path: Path | None = None,
     markdown_path: Path | None = None,
+    columns: Sequence[str] | None = None,
+    title: str | None = None,
 ) -> Comparison:
-    """One table of several ``--json`` results (rows = runs), optionally as CSV/markdown."""
-    table = comparison([read_result(p) for p in paths], labels)
+    """One table of several ``--json`` results (rows = runs), optionally as CSV/markdown.
+
+    Runs with the same label share a row; ``columns`` (store results) picks the columns among
+    ``params, fusion-params, x1, x2, x3, fusion``; ``title`` replaces the title line.
+    """
+    table = comparison([read_result(p) for p in paths], labels, columns, title)
     write_tables(table, csv_path, markdown_path)
+    return table
+
+
+def compare_curves(
+    paths: Sequence[Path],
+    names: Sequence[str],
+    labels: Sequence[str] | None = None,
+    csv_path: Path | None = None,
+    markdown_path: Path | None = None,
+    plot_path: Path | None = None,
+    title: str | None = None,
+) -> Comparison:
+    """mIoU per epoch of the outputs ``names`` of training runs (stage folders or histories).
+
+    Rows = epochs, one column per run and output (validation mIoU, else training mIoU);
+    optionally written as CSV, markdown and a line plot (PNG).
+    """
+    from msn_cli.evaluation.curves import curves, plot_curves
+
+    table = curves(paths, names, labels, title)
+    write_tables(table, csv_path, markdown_path)
+    if plot_path is not None:
+        plot_curves(table, plot_path)
     return table
 
 

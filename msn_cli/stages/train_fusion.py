@@ -32,6 +32,7 @@ from msn_cli.errors import MsnError
 from msn_cli.io.checkpoints import CheckpointDir, ModelCard
 from msn_cli.models.layers import upsample
 from msn_cli.runtime import seed_everything, to_input, to_target
+from msn_cli.training.alternate import train_alternating
 from msn_cli.training.cache import ArrayCache, cache_key
 from msn_cli.training.common import (
     StageResult,
@@ -40,6 +41,7 @@ from msn_cli.training.common import (
     dataset,
     freeze,
     require_msn,
+    store_spec,
     wrap_ddp,
 )
 from msn_cli.training.config import FusionConfig
@@ -52,6 +54,7 @@ from msn_cli.training.data import (
     ordered_loader,
     train_loader,
 )
+from msn_cli.training.experts import import_experts
 from msn_cli.training.loop import StageRun, fit_epoch, segmentation_loss, val_fields, validate
 from msn_cli.training.plots import plot_history
 
@@ -76,30 +79,26 @@ def train_fusion(cfg: FusionConfig) -> StageResult:
 
     cfg.validate()
     ck = CheckpointDir(cfg.checkpoints)
-    checked_store(ck, cfg.store, "meta", "memrm")
-    require_msn(ck)
-    card = ck.read_card()
-    memrm_cfg = ck.stage("memrm").read_config() or {}
-    held = memrm_cfg.get("held_out") or {}
-    use_holdout = bool(held) if cfg.holdout is None else cfg.holdout
-    if use_holdout and not held:
-        raise MsnError(
-            ck.stage("memrm").config,
-            "train-memrm held no patches out; rerun it with --holdout F, or drop --holdout",
-        )
-    if use_holdout and memrm_cfg.get("split") != cfg.split:
-        raise MsnError(
-            ck.stage("memrm").config,
-            f"the held-out patches are from split {memrm_cfg.get('split')!r}, not "
-            f"{cfg.split!r}; use --split {memrm_cfg.get('split')} or --no-holdout",
-        )
     ctx = make_context(cfg.device, cfg.amp, cfg.threads)
     try:
+        if cfg.experts is not None:
+            frozen_stages: tuple[str, ...] = ("experts",)
+            held: dict = {}
+            use_holdout = False
+            spec = store_spec(cfg.store)
+            if ctx.is_main:
+                import_experts(ck, cfg.expert_dirs, spec, cfg.store, cfg.restart)
+            ctx.barrier()
+            checked_store(ck, cfg.store, *frozen_stages)
+        else:
+            frozen_stages = ("meta", "memrm")
+            held, use_holdout = _holdout(ck, cfg)
+        card = ck.read_card()
         run = StageRun(ck, "fusion", ctx, {**cfg.to_dict(), "holdout": use_holdout})
         if cfg.restart:
             run.restart()
         state = run.check_resumable()
-        mcfg = replace(card.config(), fusion=cfg.method)
+        mcfg = replace(card.config(), fusion=cfg.method, tune_experts=cfg.alternate)
         new_card = ModelCard(mcfg.to_dict(), card.classes, card.input, extra=card.extra)
         if ctx.is_main and new_card != card:
             ck.write_card(new_card)
@@ -113,17 +112,19 @@ def train_fusion(cfg: FusionConfig) -> StageResult:
             raise MsnError(cfg.store, "Meta-FM episodes need at least 2 fit patches")
 
         model = MSN(mcfg)
-        frozen, _ = ck.load_model("cpu", stages=("meta", "memrm"))
-        model.meta_branch.load_state_dict(frozen.meta_branch.state_dict())
-        model.memory_recall.load_state_dict(frozen.memory_recall.state_dict())
+        frozen, _ = ck.load_model("cpu", stages=frozen_stages)
+        for name in frozen_stages:
+            model.stage_part(name).load_state_dict(frozen.stage_part(name).state_dict())
         del frozen
         model.to(ctx.device)
         if ctx.channels_last:
             model.to(memory_format=torch.channels_last)
+        scaler = ctx.grad_scaler()
+        if cfg.alternate:
+            return train_alternating(run, model, new_card, cfg, ctx, state, scaler, workers)
         freeze(model, model.fusion)
         step_net = wrap_ddp(FusionStep(model), ctx)
         opt = adam(model.fusion_parameters(), cfg.lr)
-        scaler = ctx.grad_scaler()
         parts = {"model": model.fusion, "optimizer": opt, "scaler": scaler}
         start = run.resume(parts, state)
         if start >= cfg.epochs and run.stage.complete:
@@ -132,7 +133,7 @@ def train_fusion(cfg: FusionConfig) -> StageResult:
             )
         run.write_config(fit_patches=len(fit))
 
-        cache = _branch_cache(run, model, ds, fit, cfg, ctx, workers)
+        cache = _branch_cache(run, model, ds, fit, cfg, ctx, workers, frozen_stages)
         cached_logits = "s1" in cache.arrays
         grads = [torch.from_numpy(cache.load(k)).to(ctx.device) for k in ("g1", "g2", "c1", "c2")]
         need = [] if cached_logits and cfg.method != "awmf" else list(images)
@@ -177,7 +178,7 @@ def train_fusion(cfg: FusionConfig) -> StageResult:
             if cfg.method == "meta":
                 model.store_sigma(_sigma(grads, slice(None)))
             if val is not None:
-                stages = ("meta", "memrm", "fusion")
+                stages = (*frozen_stages, "fusion")
                 miou = validate(model, stages, new_card, val, ["x1", "fusion"], ctx)
                 record.update({f"val_miou_{k}": v for k, v in miou.items()})
             run.end_epoch(epoch, record, parts)
@@ -188,6 +189,27 @@ def train_fusion(cfg: FusionConfig) -> StageResult:
         return StageResult("fusion", run.stage.dir, cfg.epochs - start, run.history, rank=ctx.rank)
     finally:
         ctx.close()
+
+
+def _holdout(ck: CheckpointDir, cfg: FusionConfig) -> tuple[dict, bool]:
+    """The patches train-memrm held out, and whether to fit on them."""
+    require_msn(ck)
+    checked_store(ck, cfg.store, "meta", "memrm")
+    memrm_cfg = ck.stage("memrm").read_config() or {}
+    held = memrm_cfg.get("held_out") or {}
+    use_holdout = bool(held) if cfg.holdout is None else cfg.holdout
+    if use_holdout and not held:
+        raise MsnError(
+            ck.stage("memrm").config,
+            "train-memrm held no patches out; rerun it with --holdout F, or drop --holdout",
+        )
+    if use_holdout and memrm_cfg.get("split") != cfg.split:
+        raise MsnError(
+            ck.stage("memrm").config,
+            f"the held-out patches are from split {memrm_cfg.get('split')!r}, not "
+            f"{cfg.split!r}; use --split {memrm_cfg.get('split')} or --no-holdout",
+        )
+    return held, use_holdout
 
 
 def _sigma(grads, rows) -> torch.Tensor:
@@ -216,7 +238,7 @@ def _branch_logits(model, x1, x2, x3) -> list[torch.Tensor]:
     return [s1, s2, meta.logits]
 
 
-def _branch_cache(run, model, ds, fit, cfg, ctx: Context, workers) -> ArrayCache:
+def _branch_cache(run, model, ds, fit, cfg, ctx: Context, workers, frozen) -> ArrayCache:
     """Per fit patch: low-resolution branch logits (if within budget) and σ parts."""
     p, head = ds.spec.patch_size, model.meta_branch
     with torch.no_grad():
@@ -232,7 +254,7 @@ def _branch_cache(run, model, ds, fit, cfg, ctx: Context, workers) -> ArrayCache
     else:
         log.info("branch-logit cache over --cache-gb %g: recomputing them per batch", cfg.cache_gb)
     cache = ArrayCache(run.stage.file("cache"), arrays, n)
-    weights = [run.ck.stage(s).weights for s in ("meta", "memrm")]
+    weights = [run.ck.stage(s).weights for s in frozen]
     key = cache_key(*weights, run.ck.read_card().model["gap_layers"], sorted(arrays), ds.url)
     key = cache_key(key, ds.slide_names, fit.tolist())
     if cache.valid(key):
@@ -255,7 +277,7 @@ def _branch_cache(run, model, ds, fit, cfg, ctx: Context, workers) -> ArrayCache
             vals = {"g1": g1.grad_sum, "g2": g2.grad_sum, "c1": g1.count, "c2": g2.count}
             if "s1" in arrays:
                 for k, out in zip(LOGITS, (out1, out2, meta), strict=True):
-                    vals[k] = head.head(out.penultimate.float())
+                    vals[k] = model.branch_net("x" + k[1]).head(out.penultimate.float())
             for k, v in vals.items():
                 cache.write(k, rows, v.float().cpu().numpy().astype(arrays[k][1]))
     ctx.barrier()

@@ -77,8 +77,8 @@ def train_memrm(cfg: MemRMConfig) -> StageResult:
 
     cfg.validate()
     ck = CheckpointDir(cfg.checkpoints)
-    checked_store(ck, cfg.store, "meta")
     require_msn(ck)
+    checked_store(ck, cfg.store, "meta")
     card = ck.read_card()
     names = parse_gap_layers(cfg.gap_layers, _candidates(card), _defaults(card))
     ctx = make_context(cfg.device, cfg.amp, cfg.threads)

@@ -25,9 +25,6 @@ from msn_cli.training.data import Augment, FitView, default_workers, ordered_loa
 from msn_cli.training.loop import StageRun, fit_epoch, segmentation_loss, val_fields, validate
 from msn_cli.training.plots import plot_history
 
-#: model.json keys that identify the architecture train-meta makes (later stages add others).
-_ARCH = ("backbone", "width", "num_classes", "patch_size", "magnifications", "in_channels")
-
 
 class MetaStep(nn.Module):
     """The DDP-wrapped training forward: logits and deep-supervision logits of one input."""
@@ -124,8 +121,16 @@ def _check_card(ck: CheckpointDir, card: ModelCard, restart: bool) -> None:
     """Refuse a directory that holds another model (unless --restart)."""
     if restart or not ck.exists():
         return
+    from msn_cli.models.msn import ARCH_KEYS
+
     old = ck.read_card()
-    for key in _ARCH:
+    if old.model.get("branches", "shared") != "shared":
+        raise MsnError(
+            ck.model_json,
+            "holds independent experts (`train-fusion --experts`); use another --checkpoints "
+            "directory or add --restart",
+        )
+    for key in ARCH_KEYS:
         if old.model.get(key) != card.model.get(key):
             raise MsnError(
                 ck.model_json,

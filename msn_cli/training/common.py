@@ -41,6 +41,12 @@ def checked_store(ck: CheckpointDir, url: str, *stages: str) -> StoreSpec:
 
 def require_msn(ck: CheckpointDir) -> None:
     card = ck.read_card()
+    if card.model.get("branches", "shared") != "shared":
+        raise MsnError(
+            ck.model_json,
+            "holds independent experts (`train-fusion --experts`); give the same --experts "
+            "to train its fusion, or use an MSN directory",
+        )
     if card.input != "x3":
         raise MsnError(
             ck.model_json,

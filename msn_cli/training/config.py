@@ -107,6 +107,10 @@ class FusionConfig(TrainConfig):
     method: str = "meta"
     holdout: bool | None = None  # None: the patches train-memrm held out, if it held any
     cache_gb: float = 8.0
+    #: "X1DIR,X2DIR,X3DIR": fuse three independently trained experts instead of an MSN
+    experts: str | None = None
+    #: AWMF-CNN's end-to-end training: even epochs the fusion, odd epochs the experts
+    alternate: bool = False
 
     def validate(self) -> None:
         super().validate()
@@ -114,3 +118,21 @@ class FusionConfig(TrainConfig):
             raise MsnUsageError("--method", f"{self.method!r} is not one of meta, conv, awmf")
         if self.cache_gb < 0:
             raise MsnUsageError("--cache-gb", "must be >= 0")
+        if self.experts is not None and len(self.expert_dirs) != 3:
+            raise MsnUsageError(
+                "--experts", f"{self.experts!r}: give three directories, X1DIR,X2DIR,X3DIR"
+            )
+        if self.experts is not None and self.holdout:
+            raise MsnUsageError(
+                "--holdout", "held-out patches come from train-memrm, not --experts"
+            )
+        if self.alternate and self.experts is None:
+            raise MsnUsageError("--alternate", "trains independent experts: add --experts")
+        if self.alternate and self.method == "meta":
+            raise MsnUsageError(
+                "--alternate", "Meta-FM's σ needs fixed branches; use --method awmf or conv"
+            )
+
+    @property
+    def expert_dirs(self) -> list[str]:
+        return [d.strip() for d in (self.experts or "").split(",") if d.strip()]
