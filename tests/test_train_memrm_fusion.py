@@ -67,6 +67,17 @@ def test_memrm_gap_analysis_cache_and_holdout(trained, tmp_path, msn_invoke):
     assert stages == ("meta", "memrm") and set(model.memory_recall["x1"]) == set(gaps["chosen"])
 
 
+def test_memrm_nongap_takes_the_lowest_scoring_layers(trained, tmp_path, msn_invoke):
+    store, ck = trained[0], copy(trained, "meta", tmp_path)
+    extra = ("--epochs", "1", "--gap-layers", "nongap", "--top-k", "2")
+    assert msn_invoke(*stage_args("train-memrm", store, ck, *extra)).exit_code == 0
+    gaps = json.loads((ck / "memrm" / "gap_layers.json").read_text())
+    order = sorted(gaps["layers"], key=lambda n: gaps["layers"][n]["score"])
+    chosen = CheckpointDir(ck).read_card().model["gap_layers"]
+    assert set(chosen) == set(order[:2]) and not set(chosen) & set(gaps["chosen"])
+    assert chosen == [n for n in gaps["layers"] if n in chosen]  # network order
+
+
 def test_memrm_named_layers_without_cache(trained, tmp_path, msn_invoke):
     store, ck = trained[0], copy(trained, "meta", tmp_path)
     extra = ("--epochs", "1", "--gap-layers", "layer3,layer4", "--cache-gb", "0")

@@ -8,7 +8,8 @@ for scale s is how far its statistics sit from X3's (the scale the meta-branch l
           + mean_c |log((var_s,c + eps) / (var_3,c + eps))|
 
 (a standardised mean shift plus a log variance ratio: scale-free, comparable across layers).
-A layer's score is gap_x1 + gap_x2; ``--gap-layers auto`` takes the ``top_k`` highest.
+A layer's score is gap_x1 + gap_x2; ``--gap-layers auto`` takes the ``top_k`` highest,
+``--gap-layers nongap`` the ``top_k`` lowest (Table 4's "on non-gap layers" ablation).
 The default, ``--gap-layers default``, is the backbone's deep layer(s) (BiSeNet ``layer3``):
 on the demo data ``auto`` chose the stem, where X3's features carry no context, and MSN's
 X1 scored 37 % test mIoU against 84 % with ``layer3`` (README, "The demo").
@@ -70,22 +71,23 @@ def layer_statistics(meta_branch, loader, ctx: Context) -> dict[str, Any]:
     return out
 
 
-def choose_layers(stats: dict[str, Any], top_k: int) -> tuple[str, ...]:
-    """The ``top_k`` layers with the highest gap score, in network order."""
+def choose_layers(stats: dict[str, Any], top_k: int, lowest: bool = False) -> tuple[str, ...]:
+    """The ``top_k`` layers with the highest (``lowest``: lowest) gap score, in network order."""
     layers = list(stats["layers"])
-    ranked = sorted(layers, key=lambda n: -stats["layers"][n]["score"])[:top_k]
+    sign = 1 if lowest else -1
+    ranked = sorted(layers, key=lambda n: sign * stats["layers"][n]["score"])[:top_k]
     return tuple(n for n in layers if n in ranked)
 
 
 def parse_gap_layers(
     text: str, candidates: Sequence[str], default: Sequence[str] = ()
 ) -> tuple[str, ...] | None:
-    """``auto`` -> None (choose by the analysis); ``default`` -> the backbone's default gap
-    layers; else the comma-separated names, checked against ``candidates``."""
+    """``auto``/``nongap`` -> None (choose by the analysis); ``default`` -> the backbone's
+    default gap layers; else the comma-separated names, checked against ``candidates``."""
     from msn_cli.errors import MsnUsageError
 
     key = text.strip().lower()
-    if key == "auto":
+    if key in ("auto", "nongap"):
         return None
     if key == "default":
         return tuple(default)
@@ -94,6 +96,6 @@ def parse_gap_layers(
     if not names or bad or len(set(names)) != len(names):
         raise MsnUsageError(
             "--gap-layers",
-            f"{text!r}: give default, auto or distinct names among {', '.join(candidates)}",
+            f"{text!r}: give default, auto, nongap or distinct names among {', '.join(candidates)}",
         )
     return names
