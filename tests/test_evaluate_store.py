@@ -261,3 +261,18 @@ def test_bad_checkpoints_and_mismatched_store_are_one_line_errors(setup, msn_inv
     assert len(res.stderr.strip().splitlines()) == 1
     res = msn_invoke("evaluate", "--store", store, "--checkpoints", full, "--split", "val")
     assert res.exit_code != 0 and "--split" in res.stderr
+
+
+def test_outputs_limits_what_is_scored(setup, msn_invoke, tmp_path):
+    d, store, full = setup
+    every, _ = evaluate_store(store, full, split="test", batch_size=16, device="cpu")
+    only, _ = evaluate_store(store, full, split="test", device="cpu", outputs=["x3", "x1"])
+    assert only["outputs"] == ["x1", "x3"] and only["miou"]["x2"] is None
+    assert only["miou"]["x3"] == every["miou"]["x3"] and only["miou"]["fusion"] is None
+    args = ["evaluate", "--store", store, "--checkpoints", full, "--device", "cpu"]
+    res = msn_invoke(*args, "--outputs", "x3,x9")
+    assert res.exit_code == 2 and "--outputs" in res.stderr and "x1, x2, x3, fusion" in res.stderr
+    res = msn_invoke(*args, "--outputs", "x2", "--json", tmp_path / "x2.json")
+    assert res.exit_code == 0 and json.loads((tmp_path / "x2.json").read_text())["outputs"] == [
+        "x2"
+    ]

@@ -145,6 +145,14 @@ def evaluate(
     method: Annotated[
         str | None, typer.Option(help="Row name of this run (default: from the checkpoint).")
     ] = None,
+    outputs: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated outputs to score, among x1, x2, x3, fusion (default: every "
+            "one the checkpoint has; e.g. x3 for Table 1's X3-only baseline).",
+            show_default=False,
+        ),
+    ] = None,
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Write the scores as JSON.", rich_help_panel=_OUT)
     ] = None,
@@ -187,7 +195,7 @@ def evaluate(
         if not runs:
             what = "stage folders (or history.jsonl)" if curve else "result JSON files"
             raise MsnUsageError("--compare", f"give the {what} to compare")
-        if slide_mode or figures is not None or json_out is not None:
+        if slide_mode or figures is not None or json_out is not None or outputs is not None:
             raise MsnUsageError(
                 "--compare",
                 "--compare takes only RUNS, --labels, --columns, --title, --curve, --plot, "
@@ -209,10 +217,9 @@ def evaluate(
     if labels is not None:
         raise MsnUsageError("--labels", "only with --compare (name this run with --method)")
     if slide_mode:
-        if figures is not None:
-            raise MsnUsageError(
-                "--figures", "figures come from store mode (--store, --checkpoints)"
-            )
+        if figures is not None or outputs is not None:
+            what = "--figures" if figures is not None else "--outputs"
+            raise MsnUsageError(what, "belongs to store mode (--store, --checkpoints)")
         if unannotated not in ("normal", "ignore"):
             raise MsnUsageError("--unannotated", f"{unannotated!r} is not normal or ignore")
         if manifest is not None:
@@ -259,6 +266,7 @@ def evaluate(
         figures,
         figure_patches,
         workers,
+        [o.strip() for o in outputs.split(",") if o.strip()] if outputs is not None else None,
     )
     report.print_comparison(stage.single_table(result, csv, markdown))
     report.print_store_details(result)

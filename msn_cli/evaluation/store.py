@@ -5,6 +5,7 @@ Imports torch: only imported inside a command's body or a stage.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,11 +77,13 @@ def evaluate_store(
     method: str | None = None,
     show: int = 0,
     workers: int = 0,
+    outputs: Sequence[str] | None = None,
 ) -> tuple[dict[str, Any], Shown]:
     """Score every output the checkpoint can produce on ``split``; see the package docstring.
 
     ``show`` > 0 keeps that many evenly spaced patches (with predictions) for the Fig. 4 grid.
     ``workers`` DataLoader processes read the store (0: in this process); order is fixed.
+    ``outputs`` limits the scored outputs (default: all the checkpoint has; others are null).
     Runs in float32 with deterministic kernels, so equal inputs give equal numbers.
     """
     from msn_cli.inference import available_outputs, run_branches
@@ -96,9 +99,22 @@ def evaluate_store(
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True
     model, stages = ck.load_model(dev)
-    outputs = available_outputs(stages, card.input)
-    if not outputs:
+    have = available_outputs(stages, card.input)
+    if not have:
         raise MsnError(ck.path, "no finished stage to evaluate; run `msn train-meta` first")
+    if outputs is None:
+        outputs = have
+    else:
+        from msn_cli.errors import MsnUsageError
+
+        bad = [o for o in outputs if o not in have]
+        if not outputs or bad or len(set(outputs)) != len(outputs):
+            raise MsnUsageError(
+                "--outputs",
+                f"{','.join(outputs) or 'nothing'}: this checkpoint scores {', '.join(have)} "
+                "(each at most once)",
+            )
+        outputs = tuple(o for o in OUTPUTS if o in outputs)
     ds = PatchDataset(str(store), split=split)
     n = len(ds)
     nc = len(card.classes)

@@ -42,6 +42,7 @@ def evaluate_store(
     figures: Path | None = None,
     figure_patches: int = 6,
     workers: int = 0,
+    outputs: Sequence[str] | None = None,
 ) -> tuple[dict[str, Any], list[Path]]:
     """Score the checkpoint's outputs on ``split``; optionally write the JSON and figures.
 
@@ -58,6 +59,7 @@ def evaluate_store(
         method=method,
         show=figure_patches if figures is not None else 0,
         workers=workers,
+        outputs=outputs,
     )
     if json_path is not None:
         write_json(json_path, result)

@@ -208,7 +208,8 @@ def fit_epoch(
 ) -> dict[str, float]:
     """One pass over ``loader``: ``step(batch)`` returns (named losses, {output: (logits,
     target)}); their sum is minimised. Returns mean losses, training mIoU per output,
-    seconds and patches/s (summed over ranks)."""
+    seconds and patches/s (summed over ranks). A last batch of a single patch is skipped
+    (when the batch size is larger), since BatchNorm cannot train on it."""
     from msn_cli.progress import progress
 
     t0 = time.perf_counter()
@@ -216,8 +217,14 @@ def fit_epoch(
     cms: dict[str, Confusion] = {}
     seen = torch.zeros((), dtype=torch.float64, device=ctx.device)
     bar = progress(description, total, "patches") if ctx.is_main else nullcontext(_Silent())
+    single_ok = getattr(loader, "batch_size", None) in (None, 1)
     with bar as p:
         for batch in loader:
+            if len(batch["row"]) == 1 and not single_ok:
+                # The last batch holds one patch: BatchNorm cannot train on a 1x1 map of one
+                # sample (PSPNet's pooling, AWMF's weighting net), so it sits this epoch out.
+                p.advance(ctx.world)
+                continue
             optimizer.zero_grad(set_to_none=True)
             with ctx.autocast():
                 losses, preds = step(batch)

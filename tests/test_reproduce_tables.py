@@ -1,0 +1,98 @@
+"""``examples/reproduce_tables.sh`` end to end at the smallest settings: every row of every
+table of the paper (and the Fig. 5/6 curves) gets numbers."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "examples" / "reproduce_tables.sh"
+BASELINES = ["UNet", "PSPNet", "DeepLab-V3+", "BiSeNet"]
+ROWS = {
+    "table1": [
+        *BASELINES,
+        *["AWMF-CNN†", "AWMF-CNN‡", "AWMF-CNN† (fixed)", "AWMF-CNN‡ (fixed)"],
+        *["MSN†", "MSN‡", "∗MSN†", "∗MSN‡"],
+    ],
+    "table2": ["DeepLab-V3+", "BiSeNet", "AWMF-CNN†", "AWMF-CNN† (fixed)", "MSN†", "∗MSN†"],
+    "table3": ["Meta-branch", "Multi-branch", "MSN†", "∗MSN†"],
+    "table4": ["on non-gap layers", "MSN†"],
+    "table5-bach": ["w/o Meta", "AWMF-CNN", "MSN"],
+    "table5-isic": ["w/o Meta", "AWMF-CNN", "MSN"],
+}
+HEADERS = {
+    "table1": ["Method", "# Parm (M)", "X1", "X2", "X3", "Fusion"],
+    "table3": ["Method", "X1", "X2", "X3", "Fusion"],
+    "table5-bach": ["Method", "X1", "X2", "X3", "Fusion", "# F (M)"],
+}
+CURVES = {"fig5": 6, "fig6-bach": 3, "fig6-isic": 3}  # value columns
+NUMBER = re.compile(r"^\d+(\.\d+)?(e-?\d+)?$")
+
+
+def markdown_table(path: Path) -> tuple[list[str], list[list[str]]]:
+    lines = [ln for ln in path.read_text().splitlines() if ln.startswith("|")]
+    cells = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines]
+    return cells[0], cells[2:]  # header, rows (after the alignment line)
+
+
+def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None):
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("MSN_", "SLURM_"))}
+    base["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    return subprocess.run(
+        ["bash", str(SCRIPT), *args], env={**base, **(env or {})}, cwd=cwd,
+        capture_output=True, text=True, timeout=1200,
+    )  # fmt: skip
+
+
+def test_usage_errors_exit_2(tmp_path):
+    res = run("--bogus", cwd=tmp_path)
+    assert res.returncode == 2 and "unknown option --bogus" in res.stderr
+    res = run("--help", cwd=tmp_path)
+    assert res.returncode == 0 and "--paper" in res.stdout and "Table 4" in res.stdout
+    res = run(env={"PRE_EPOCHS": "5", "META_EPOCHS": "2"}, cwd=tmp_path)
+    assert res.returncode == 2 and "PRE_EPOCHS" in res.stderr
+    res = run("--jobs", "0", cwd=tmp_path)
+    assert res.returncode == 2 and "--jobs 0" in res.stderr
+    assert not (tmp_path / "tables").exists()
+
+
+def test_every_row_of_every_table_has_numbers(tmp_path):
+    out = tmp_path / "out"
+    tiny = {
+        "SIZE": "256", "SLIDES": "3", "ISIC_SIZE": "256", "PATCH": "32", "WIDTH": "0.125",
+        "BATCH": "8", "META_EPOCHS": "1", "PRE_EPOCHS": "1", "ALT_EPOCHS": "2",
+        "FIXED_EPOCHS": "1", "EPOCHS": "1", "DEVICE": "cpu", "WORKERS": "0",
+    }  # fmt: skip
+    res = run("--out", str(out), "--jobs", "2", env=tiny, cwd=tmp_path)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    assert "Table 1" in res.stdout and "Fig. 6" in res.stdout  # printed side by side
+    assert (out / "logs" / "bach-pspnet-x2.log").stat().st_size > 0
+    for name, rows in ROWS.items():
+        header, body = markdown_table(out / "tables" / f"{name}.md")
+        if name in HEADERS:
+            assert header == HEADERS[name], name
+        assert [r[0] for r in body] == rows, name
+        for row in body:
+            values = dict(zip(header, row, strict=True))
+            single = name in ("table1", "table2") and row[0] in BASELINES
+            for col, v in values.items():
+                if col == "Method":
+                    continue
+                if single and col == "Fusion":
+                    assert v == "-", (name, row)  # the paper's "-": no fusion
+                else:
+                    assert NUMBER.match(v), (name, row, col)
+    for name, columns in CURVES.items():
+        header, body = markdown_table(out / "tables" / f"{name}.md")
+        assert header[0] == "Epoch" and len(header) == 1 + columns, (name, header)
+        assert [r[0] for r in body] == ["1"], name  # one epoch each at these settings
+        for c in range(1, len(header)):
+            assert any(NUMBER.match(r[c]) for r in body), (name, header[c])
+        assert (out / "tables" / f"{name}.png").stat().st_size > 1000
+    alternated = (out / "ckpt" / "bach-awmf-bisenet" / "fusion" / "history.jsonl").read_text()
+    assert '"trained": "fusion"' in alternated and '"trained": "experts"' in alternated
+    assert (out / "tables.md").read_text().count("Table ") == 6
