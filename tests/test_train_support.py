@@ -83,3 +83,35 @@ def _env() -> dict[str, str]:
 def same_weights(a: Path, b: Path) -> bool:
     sa, sb = (torch.load(p, weights_only=True) for p in (a, b))
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_a_last_batch_of_one_patch_sits_the_epoch_out():
+    """BatchNorm after global pooling cannot train on one sample; fit_epoch skips that batch."""
+    from torch import nn
+    from torch.utils.data import DataLoader
+
+    from msn_cli.training.context import make_context
+    from msn_cli.training.loop import fit_epoch, segmentation_loss
+
+    n = torch.get_num_threads()
+    ctx = make_context("cpu", threads=1)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.BatchNorm2d(4))
+    rows = [
+        {"row": i, "x": torch.rand(3, 8, 8), "y": torch.randint(0, 4, (1, 1))} for i in range(5)
+    ]
+    sizes = []
+
+    def step(batch):
+        sizes.append(len(batch["row"]))
+        logits = net(batch["x"])
+        return {"loss": segmentation_loss(logits, batch["y"])}, {"x": (logits, batch["y"])}
+
+    opt = torch.optim.Adam(net.parameters())
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    record = fit_epoch(DataLoader(rows, batch_size=2), step, opt, scaler, ctx, "t", 5, 4)
+    assert sizes == [2, 2] and record["patches_per_s"] > 0  # the fifth patch sat out
+    sizes.clear()
+    net[2] = nn.Identity()  # --batch-size 1 asked for: nothing is skipped
+    fit_epoch(DataLoader(rows[:2], batch_size=1), step, opt, scaler, ctx, "t", 2, 4)
+    assert sizes == [1, 1]
+    torch.set_num_threads(n)
