@@ -12,8 +12,9 @@
 # ISIC half; default: synthetic photographs when --store is not given, else skipped);
 # --out DIR (default: ./tables, or $OUT); --jobs N (independent trainings run at once,
 # default 1, or $JOBS). Each step's output goes to DIR/logs/STEP.log. Every msn step
-# resumes, so rerunning the script after a failure continues where it stopped. The variables
-# below override the settings (the tests run the script with tiny values).
+# resumes, so rerunning the script after a failure continues where it stopped (other
+# settings need another --out). The variables below override the settings (the tests run
+# the script with tiny values).
 #
 # What each row is (README, "The paper's tables"):
 #   Table 1/2  baselines: train-meta --backbone B --input x1|x2|x3, on the training set.
@@ -43,7 +44,7 @@ while [[ $# -gt 0 ]]; do
         --isic-store) ISIC_STORE=${2:?--isic-store needs a path}; shift ;;
         --out) OUT=${2:?--out needs a folder}; shift ;;
         --jobs) JOBS=${2:?--jobs needs a number}; shift ;;
-        -h | --help) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
     shift
@@ -68,7 +69,17 @@ has "$ISIC_BACKBONES" bisenet || ISIC_BACKBONES="$ISIC_BACKBONES bisenet"
 DEVICE=${DEVICE:-auto}
 WORKERS=${WORKERS:-}  # DataLoader processes per msn step (empty: msn's default)
 (( PRE_EPOCHS <= META_EPOCHS )) || die "PRE_EPOCHS ($PRE_EPOCHS) > META_EPOCHS ($META_EPOCHS)"
+# A rerun continues in the same --out only with the same settings (else copies of earlier
+# checkpoints and scores would be mixed with new ones).
+SETTINGS="size=$SIZE slides=$SLIDES isic_size=$ISIC_SIZE patch=$PATCH width=$WIDTH"
+SETTINGS+=" batch=$BATCH lr=$LR epochs=$META_EPOCHS/$EPOCHS/$PRE_EPOCHS/$ALT_EPOCHS/$FIXED_EPOCHS"
+SETTINGS+=" backbones=${BACKBONES// /+} isic_backbones=${ISIC_BACKBONES// /+}"
+SETTINGS+=" store=$STORE isic_store=$ISIC_STORE"
+if [[ -f "$OUT/settings.txt" ]] && [[ $(< "$OUT/settings.txt") != "$SETTINGS" ]]; then
+    die "$OUT was made with other settings ($OUT/settings.txt); use another --out"
+fi
 mkdir -p "$OUT/ckpt" "$OUT/results" "$OUT/tables" "$OUT/logs"
+echo "$SETTINGS" > "$OUT/settings.txt"
 C="$OUT/ckpt"
 TRAIN=(--batch-size "$BATCH" --lr "$LR" --device "$DEVICE" --val-split test)
 EVAL=(--device "$DEVICE")

@@ -159,6 +159,14 @@ def test_bad_experts_are_refused(experts, tmp_path, msn_invoke):
     assert res.exit_code == 1 and "holds an MSN" in res.stderr
     with pytest.raises(MsnError, match="holds other experts"):
         fusion(store, ck, other, method="conv", epochs=1)
+    fusion(store, tmp_path / "msn", sources, method="conv", epochs=1, restart=True)
+    assert CheckpointDir(tmp_path / "msn").completed() == ("experts", "fusion")  # meta dropped
+    shutil.copytree(d / "x2", tmp_path / "x2")
+    moved = f"{d / 'x1'},{tmp_path / 'x2'},{d / 'x3'}"
+    fusion(store, tmp_path / "moved", moved, method="conv", epochs=1)
+    shutil.copy(d / "x1" / "meta" / "weights.pt", tmp_path / "x2" / "meta" / "weights.pt")
+    with pytest.raises(MsnError, match="weights of expert x2 .* changed since they were imported"):
+        fusion(store, tmp_path / "moved", moved, method="conv", epochs=1)
     fusion(store, ck, other, method="conv", epochs=1, restart=True)  # --restart re-imports
     model, _ = CheckpointDir(ck).load_model()
     source = load_checkpoint_file(d / "x1" / "meta" / "weights.pt")

@@ -57,6 +57,10 @@ def test_usage_errors_exit_2(tmp_path):
     assert res.returncode == 2 and "PRE_EPOCHS" in res.stderr
     res = run("--jobs", "0", cwd=tmp_path)
     assert res.returncode == 2 and "--jobs 0" in res.stderr
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "settings.txt").write_text("size=8192 ...\n")
+    res = run("--out", "old", cwd=tmp_path)
+    assert res.returncode == 2 and "made with other settings" in res.stderr
     assert not (tmp_path / "tables").exists()
 
 

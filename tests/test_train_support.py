@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from msn_cli.io.patches import Levels
@@ -90,6 +91,7 @@ def test_a_last_batch_of_one_patch_sits_the_epoch_out():
     from torch import nn
     from torch.utils.data import DataLoader
 
+    from msn_cli.errors import MsnError
     from msn_cli.training.context import make_context
     from msn_cli.training.loop import fit_epoch, segmentation_loss
 
@@ -110,6 +112,8 @@ def test_a_last_batch_of_one_patch_sits_the_epoch_out():
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     record = fit_epoch(DataLoader(rows, batch_size=2), step, opt, scaler, ctx, "t", 5, 4)
     assert sizes == [2, 2] and record["patches_per_s"] > 0  # the fifth patch sat out
+    with pytest.raises(MsnError, match="no training step"):  # nothing left to train on
+        fit_epoch(DataLoader(rows[:1], batch_size=2), step, opt, scaler, ctx, "t", 1, 4)
     sizes.clear()
     net[2] = nn.Identity()  # --batch-size 1 asked for: nothing is skipped
     fit_epoch(DataLoader(rows[:2], batch_size=1), step, opt, scaler, ctx, "t", 2, 4)

@@ -54,7 +54,7 @@ from msn_cli.training.data import (
     ordered_loader,
     train_loader,
 )
-from msn_cli.training.experts import import_experts
+from msn_cli.training.experts import check_experts, write_experts
 from msn_cli.training.loop import StageRun, fit_epoch, segmentation_loss, val_fields, validate
 from msn_cli.training.plots import plot_history
 
@@ -79,20 +79,21 @@ def train_fusion(cfg: FusionConfig) -> StageResult:
 
     cfg.validate()
     ck = CheckpointDir(cfg.checkpoints)
+    if cfg.experts is not None:  # checked on every rank before any process group exists
+        frozen_stages: tuple[str, ...] = ("experts",)
+        held: dict = {}
+        use_holdout = False
+        plan = check_experts(ck, cfg.expert_dirs, store_spec(cfg.store), cfg.store, cfg.restart)
+    else:
+        frozen_stages = ("meta", "memrm")
+        held, use_holdout = _holdout(ck, cfg)
     ctx = make_context(cfg.device, cfg.amp, cfg.threads)
     try:
         if cfg.experts is not None:
-            frozen_stages: tuple[str, ...] = ("experts",)
-            held: dict = {}
-            use_holdout = False
-            spec = store_spec(cfg.store)
-            if ctx.is_main:
-                import_experts(ck, cfg.expert_dirs, spec, cfg.store, cfg.restart)
+            if ctx.is_main and plan is not None:
+                write_experts(ck, cfg.expert_dirs, plan)
             ctx.barrier()
             checked_store(ck, cfg.store, *frozen_stages)
-        else:
-            frozen_stages = ("meta", "memrm")
-            held, use_holdout = _holdout(ck, cfg)
         card = ck.read_card()
         run = StageRun(ck, "fusion", ctx, {**cfg.to_dict(), "holdout": use_holdout})
         if cfg.restart:

@@ -98,12 +98,7 @@ def train_memrm(cfg: MemRMConfig) -> StageResult:
 
         meta, _ = ck.load_model(ctx.device, stages=("meta",))
         stats = _gap_analysis(run, meta, ds, fit, cfg, ctx, workers, reuse=state is not None)
-        if names is not None:
-            chosen = names
-        elif cfg.gap_layers.strip().lower() == "nongap":
-            chosen = choose_layers(stats, cfg.top_k, lowest=True)
-        else:
-            chosen = tuple(stats["chosen"])
+        chosen = names or tuple(stats["chosen"])
         mcfg = replace(card.config(), gap_layers=chosen)
         new_card = ModelCard(mcfg.to_dict(), card.classes, card.input, extra=card.extra)
         if ctx.is_main and new_card != card:
@@ -208,8 +203,10 @@ def _gap_analysis(run: StageRun, meta, ds, fit, cfg, ctx: Context, workers, reus
     stats = layer_statistics(
         meta.meta_branch, ordered_loader(view, cfg.batch_size, ctx, workers), ctx
     )
-    stats["chosen"] = list(choose_layers(stats, cfg.top_k))
+    nongap = cfg.gap_layers.strip().lower() == "nongap"
+    stats["chosen"] = list(choose_layers(stats, cfg.top_k, lowest=nongap))
     stats["top_k"] = cfg.top_k
+    stats["lowest"] = nongap  # --gap-layers nongap: the top_k lowest scores
     if ctx.is_main:
         atomic_write_json(path, stats)
         plot_gap_layers(stats, run.stage.file("gap_layers.png"))

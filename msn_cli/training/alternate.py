@@ -4,8 +4,9 @@ The paper trains AWMF-CNN "similar to the original way": pre-train the three bra
 epochs of ``train-meta --input xK``), then train the fusion, then alternate between the
 branches and the fusion (20 epochs). Here epoch 1, 3, 5, ... train the fusion with the experts
 frozen, L(S, Y1); epochs 2, 4, ... train the three experts with the fusion frozen, on
-L(S, Y1) + L(S1, Y1) + L(S2, Y2) + L(S3, Y3), so the fused loss reaches the experts and each
-expert stays a segmenter of its own input (Table 1 scores every branch). Each part has its own
+L(S, Y1) + L(S1, Y1) + L(S2, Y2) + L(S3, Y3) plus each expert's deep-supervision losses (as
+in ``train-meta``), so the fused loss reaches the experts and each expert stays a segmenter
+of its own input (Table 1 scores every branch). Each part has its own
 Adam optimizer; both are in ``last.pt``. The final ``fusion/weights.pt`` holds the fusion and
 the tuned experts (``model.json``: ``tune_experts``).
 """
@@ -34,9 +35,11 @@ class AlternateStep(nn.Module):
         self.tune_experts = tune_experts
 
     def forward(self, x1, x2, x3):
+        """(S1, S2, S3), their deep-supervision logits (training experts only), and S."""
         with torch.set_grad_enabled(self.tune_experts and torch.is_grad_enabled()):
-            s = [self.model.branch(x, k).logits for x, k in ((x1, "x1"), (x2, "x2"), (x3, "x3"))]
-        return (*s, self.model.fuse(*s, images=(x1, x2, x3)))
+            outs = [self.model.branch(x, k) for x, k in ((x1, "x1"), (x2, "x2"), (x3, "x3"))]
+        s = [o.logits for o in outs]
+        return s, [o.aux_logits for o in outs], self.model.fuse(*s, images=(x1, x2, x3))
 
 
 def phase(epoch: int) -> str:
@@ -77,13 +80,15 @@ def train_alternating(run, model, card, cfg, ctx, state, scaler, workers) -> Sta
         def step(batch, step_net=step_net, part=part):
             x = [to_input(batch[k], ctx.device, ctx.channels_last) for k in ("x1", "x2", "x3")]
             y = [to_target(batch[k], ctx.device) for k in TARGETS]
-            *s, fused = step_net(*x)
+            s, aux, fused = step_net(*x)
             losses = {"loss_fusion": segmentation_loss(fused, y[0])}
             preds = {"fusion": (fused, y[0])}
-            for k, logits, target in zip(OUTPUTS[:3], s, (y[0], y[1], y[2]), strict=True):
+            for k, logits, extra, target in zip(OUTPUTS[:3], s, aux, y, strict=True):
                 preds[k] = (logits, target)
                 if part == "experts":
                     losses[f"loss_{k}"] = segmentation_loss(logits, target)
+                    for i, a in enumerate(extra):
+                        losses[f"loss_{k}_aux{i + 1}"] = segmentation_loss(a, target)
             return losses, preds
 
         loader.sampler.set_epoch(epoch)

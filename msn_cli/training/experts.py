@@ -11,7 +11,7 @@ classes, patch size and magnifications, and match the store.
 The new directory gets ``model.json`` (``branches: independent``) and ``experts/`` with the
 three experts' weights and a ``config.json`` naming each source and the SHA-256 of the
 weights taken from it; importing again with the same sources is a no-op, other sources are
-refused (``--restart`` re-imports and drops the fusion).
+refused (``--restart`` re-imports and drops every other stage).
 """
 
 from __future__ import annotations
@@ -55,51 +55,59 @@ def _sources(dirs: list[str], spec: StoreSpec, url: str) -> tuple[list[ModelCard
     return cards, recorded
 
 
-def import_experts(ck: CheckpointDir, dirs: list[str], spec: StoreSpec, url: str, restart: bool):
-    """Write (or check) ``ck``'s model.json and ``experts/``; returns the ModelCard.
+def check_experts(
+    ck: CheckpointDir, dirs: list[str], spec: StoreSpec, url: str, restart: bool
+) -> dict | None:
+    """Check the sources and ``ck`` (read-only: every rank runs it before training starts).
 
-    Call on the main rank only; the caller synchronises the others.
+    Returns what :func:`write_experts` records, or None when ``ck`` already holds these
+    experts.
     """
-    from msn_cli.io.checkpoints import load_checkpoint_file
+    _, recorded = _sources(dirs, spec, url)
+    stage = ck.stage("experts")
+    if not ck.exists() or restart:
+        return recorded
+    if ck.read_card().model.get("branches", "shared") != "independent":
+        raise MsnError(
+            ck.model_json,
+            "holds an MSN, not independent experts; use another --checkpoints directory",
+        )
+    done = (stage.read_config() or {}).get("sources") or {}
+    if not stage.complete:
+        return recorded
+    if done == recorded:
+        return None
+    changed = next(b for b in EXPERT_INPUTS if done.get(b) != recorded[b])
+    was = (done.get(changed) or {}).get("checkpoints")
+    if was == recorded[changed]["checkpoints"]:
+        why = f"the weights of expert {changed} ({was}) changed since they were imported"
+    else:
+        why = f"holds other experts (expert {changed} came from {was})"
+    raise MsnError(stage.config, f"{why}; use another --checkpoints directory or add --restart")
+
+
+def write_experts(ck: CheckpointDir, dirs: list[str], recorded: dict) -> None:
+    """Write ``ck``'s model.json and ``experts/`` (every earlier stage is dropped).
+
+    Call on the main rank only, after :func:`check_experts`; the caller synchronises.
+    """
+    from msn_cli.io.checkpoints import STAGES, load_checkpoint_file
     from msn_cli.models.msn import ARCH_KEYS, MSN, MSNConfig
 
-    cards, recorded = _sources(dirs, spec, url)
-    stage = ck.stage("experts")
-    if ck.exists() and not restart:
-        old = ck.read_card()
-        if old.model.get("branches", "shared") != "independent":
-            raise MsnError(
-                ck.model_json,
-                "holds an MSN, not independent experts; use another --checkpoints directory",
-            )
-        done = (stage.read_config() or {}).get("sources")
-        if stage.complete and done == recorded:
-            return old
-        if stage.complete:
-            done = done or {}
-            changed = next(b for b in EXPERT_INPUTS if done.get(b) != recorded[b])
-            was = (done.get(changed) or {}).get("checkpoints")
-            raise MsnError(
-                stage.config,
-                f"holds other experts (expert {changed} came from {was}); use another "
-                "--checkpoints directory or add --restart",
-            )
-    mcfg = MSNConfig(**{k: cards[0].model[k] for k in ARCH_KEYS}, branches="independent")
+    first = CheckpointDir(dirs[0]).read_card()
+    mcfg = MSNConfig(**{k: first.model[k] for k in ARCH_KEYS}, branches="independent")
     model = MSN(mcfg)
     for which, src in zip(EXPERT_INPUTS, dirs, strict=True):
         weights = CheckpointDir(src).stage("meta").weights
         try:
             model.branch_net(which).load_state_dict(load_checkpoint_file(weights))
-        except (RuntimeError, KeyError) as exc:
-            first = " ".join(str(exc).split())[:200]
-            raise MsnError(weights, f"weights do not fit its model.json: {first}") from exc
-    card = ModelCard(
-        mcfg.to_dict(), list(cards[0].classes), input="x3", extra={"experts": list(dirs)}
-    )
-    stage.reset()
-    for later in ("fusion",):
-        ck.stage(later).reset()
+        except (RuntimeError, KeyError, TypeError, AttributeError) as exc:
+            text = " ".join(str(exc).split())[:200]
+            raise MsnError(weights, f"weights do not fit its model.json: {text}") from exc
+    for name in STAGES:
+        ck.stage(name).reset()
+    card = ModelCard(mcfg.to_dict(), list(first.classes), input="x3", extra={"experts": dirs})
     ck.write_card(card)
+    stage = ck.stage("experts")
     stage.write_config({"sources": recorded})
     stage.save_weights(model.stage_part("experts").state_dict())
-    return card

@@ -218,13 +218,16 @@ def fit_epoch(
     seen = torch.zeros((), dtype=torch.float64, device=ctx.device)
     bar = progress(description, total, "patches") if ctx.is_main else nullcontext(_Silent())
     single_ok = getattr(loader, "batch_size", None) in (None, 1)
+    steps = skipped = 0
     with bar as p:
         for batch in loader:
             if len(batch["row"]) == 1 and not single_ok:
                 # The last batch holds one patch: BatchNorm cannot train on a 1x1 map of one
                 # sample (PSPNet's pooling, AWMF's weighting net), so it sits this epoch out.
                 p.advance(ctx.world)
+                skipped += 1
                 continue
+            steps += 1
             optimizer.zero_grad(set_to_none=True)
             with ctx.autocast():
                 losses, preds = step(batch)
@@ -239,6 +242,12 @@ def fit_epoch(
             for o, (logits, target) in preds.items():
                 cms.setdefault(o, Confusion(num_classes, ctx.device)).update(logits, target)
             p.advance(n * ctx.world, loss=f"{loss.item():.4f}")
+    if steps == 0 and skipped:
+        raise MsnError(
+            None,
+            "no training step this epoch: the only batch held a single patch (BatchNorm needs "
+            "2 or more); use more patches, or fewer processes",
+        )
     count = ctx.all_sum(seen).clamp(min=1)
     record: dict[str, float] = {}
     if len(sums) > 1:
