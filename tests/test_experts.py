@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
@@ -171,3 +172,22 @@ def test_bad_experts_are_refused(experts, tmp_path, msn_invoke):
     model, _ = CheckpointDir(ck).load_model()
     source = load_checkpoint_file(d / "x1" / "meta" / "weights.pt")
     assert equal_states(expert_state(model, "x2"), source)
+
+
+def test_alternating_awmf_under_torchrun_two_processes(experts, tmp_path):
+    """DDP: the per-epoch wrapper sees every trained parameter (aux heads included)."""
+    import subprocess
+    import sys
+
+    store, _, sources = experts
+    ck = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone"]
+    cmd += ["-m", "msn_cli.cli", "train-fusion", "--store", store, "--checkpoints", str(ck)]
+    cmd += ["--experts", sources, "--method", "awmf", "--alternate", "--epochs", "2", *FAST]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MSN_", "SLURM_"))}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    history = [json.loads(x) for x in (ck / "fusion" / "history.jsonl").read_text().splitlines()]
+    assert [r["trained"] for r in history] == ["fusion", "experts"]
+    assert "loss_x1_aux1" in history[1]  # BiSeNet's deep supervision trains with the experts
+    CheckpointDir(ck).load_model()
