@@ -57,9 +57,9 @@ if [[ $PAPER == 1 ]]; then  # Section 3.2: patch 256, batch 32, Adam 1e-4, 30 / 
     : "${BATCH:=32}" "${LR:=1e-4}" "${META_EPOCHS:=30}" "${EPOCHS:=10}"
     : "${PRE_EPOCHS:=10}" "${ALT_EPOCHS:=20}" "${FIXED_EPOCHS:=30}"
 else  # a CPU: small images, patches and network, lr 1e-3 for few steps, the paper's ratios
-    : "${SIZE:=1024}" "${SLIDES:=4}" "${ISIC_SIZE:=512}" "${PATCH:=64}" "${WIDTH:=0.25}"
-    : "${BATCH:=16}" "${LR:=1e-3}" "${META_EPOCHS:=15}" "${EPOCHS:=5}"
-    : "${PRE_EPOCHS:=5}" "${ALT_EPOCHS:=10}" "${FIXED_EPOCHS:=15}"
+    : "${SIZE:=2048}" "${SLIDES:=4}" "${ISIC_SIZE:=1024}" "${PATCH:=128}" "${WIDTH:=0.25}"
+    : "${BATCH:=16}" "${LR:=1e-3}" "${META_EPOCHS:=12}" "${EPOCHS:=5}"
+    : "${PRE_EPOCHS:=4}" "${ALT_EPOCHS:=8}" "${FIXED_EPOCHS:=12}"
 fi
 BACKBONES=${BACKBONES:-unet pspnet deeplabv3plus bisenet}  # Table 1's rows
 ISIC_BACKBONES=${ISIC_BACKBONES:-deeplabv3plus bisenet}     # Table 2's rows
@@ -220,7 +220,8 @@ if [[ -z $STORE ]]; then
         [[ -s "$OUT/isic-data/manifest.csv" ]] ||
             msn synth "$OUT/isic-data" --kind photo --slides "$SLIDES" --size "$ISIC_SIZE" --seed 1
         msn tile --manifest "$OUT/isic-data/manifest.csv" --levels 4x 2x 1x \
-            --patch-size "$PATCH" --store "$ISIC_STORE" > "$OUT/logs/tile-isic.log"
+            --patch-size "$PATCH" --classes normal,lesion --mask-values 0:normal,255:lesion \
+            --min-tissue 0 --store "$ISIC_STORE" > "$OUT/logs/tile-isic.log"
     fi
 fi
 

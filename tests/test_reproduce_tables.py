@@ -3,6 +3,7 @@ table of the paper (and the Fig. 5/6 curves) gets numbers."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -97,6 +98,9 @@ def test_every_row_of_every_table_has_numbers(tmp_path):
         for c in range(1, len(header)):
             assert any(NUMBER.match(r[c]) for r in body), (name, header[c])
         assert (out / "tables" / f"{name}.png").stat().st_size > 1000
+    isic = json.loads((out / "results" / "isic-msn-bisenet.json").read_text())
+    assert isic["classes"] == ["normal", "lesion"]  # the photographs' PNG masks, 255 = lesion
+    assert sum(isic["confusion"]["x1"][1]) > 0  # lesion pixels are scored, not ignored
     alternated = (out / "ckpt" / "bach-awmf-bisenet" / "fusion" / "history.jsonl").read_text()
     assert '"trained": "fusion"' in alternated and '"trained": "experts"' in alternated
     assert (out / "tables.md").read_text().count("Table ") == 6
