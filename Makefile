@@ -6,7 +6,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo tables bench clean
 
 install: $(VENV)/.installed
 
@@ -22,8 +22,11 @@ test: install
 demo: install
 	PATH="$(abspath $(BIN)):$$PATH" bash examples/quickstart.sh
 
+tables: install
+	PATH="$(abspath $(BIN)):$$PATH" bash examples/reproduce_tables.sh --jobs 2
+
 bench: install
 	$(BIN)/python benchmarks/tile.py
 
 clean:
-	rm -rf $(VENV) demo
+	rm -rf $(VENV) demo tables

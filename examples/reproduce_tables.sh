@@ -305,6 +305,8 @@ for tag in bach isic; do
         "MSN (meta-fusion),w/o Meta,AWMF-CNN" "$C/$tag-msn-bisenet/fusion" \
         "$C/$tag-t5-conv/fusion" "$C/$tag-t5-awmf/fusion"
 done
-cat "$OUT"/tables/*.md > "$OUT/tables.md"
+for f in table1 table2 table3 table4 table5-bach table5-isic fig5 fig6-bach fig6-isic; do
+    [[ ! -f "$OUT/tables/$f.md" ]] || { cat "$OUT/tables/$f.md"; echo; }
+done > "$OUT/tables.md"
 echo
 echo "$NAME: finished; the tables are in $OUT/tables.md, the curves in $OUT/tables/*.png"
