@@ -89,13 +89,31 @@ def tile(
         float, typer.Option(help="Tissue fraction an X1 patch needs; 0 keeps every patch.")
     ] = 0.1,
     unannotated: Annotated[
-        str, typer.Option(help="Tissue without annotation: 'normal' (class 0) or 'ignore'.")
+        str,
+        typer.Option(
+            help="Pixels without annotation (a whole slide without an annotation file, too): "
+            "'normal' (class 0) or 'ignore' (255)."
+        ),
     ] = "normal",
     mpp: Annotated[
         float | None, typer.Option(help="Base resolution of X1 in µm/px (default: level 0).")
     ] = None,
     mask_values: Annotated[
         str | None, typer.Option(help="Mask value to class, e.g. 0:normal,255:lesion.")
+    ] = None,
+    lossless: Annotated[
+        bool,
+        typer.Option(
+            "--lossless", help="Store the images' exact pixels (zstd), not JPEG (quality 90)."
+        ),
+    ] = False,
+    codec: Annotated[
+        str | None,
+        typer.Option(
+            help="Image codec: jpeg[:QUALITY] (default jpeg:90), or lossless zstd[:LEVEL] "
+            "(--lossless: zstd:3) or jpegxl[:EFFORT].",
+            show_default=False,
+        ),
     ] = None,
     store: StoreOpt = DEFAULT_STORE,
     workers: WorkersOpt = 0,
@@ -105,6 +123,7 @@ def tile(
 
     Example: `msn tile slides/*.svs --levels 16x 4x 1x --split train --store store.zarr`
     """
+    from msn_cli.io.codecs import image_codec
     from msn_cli.io.manifest import read_manifest
     from msn_cli.io.patches import Levels
     from msn_cli.stages.tile import SlideJob, TileConfig
@@ -139,6 +158,7 @@ def tile(
         mpp,
         mask_values,
         workers,
+        image_codec(codec, lossless),
     )
     results = run_tile(store, jobs, config)
     from msn_cli.report import print_tile_results

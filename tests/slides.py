@@ -32,6 +32,7 @@ def write_pyramid(
     tile: int = 128,
     compression: str = "deflate",
     mpp: float | None = 0.5,
+    quality: int | None = None,
 ) -> list[np.ndarray]:
     """Write ``image`` as a tiled pyramidal TIFF (each level its own IFD); returns the levels."""
     levels = [image] + [downsample_area(image, d) for d in downsamples[1:]]
@@ -45,6 +46,7 @@ def write_pyramid(
                 tile=(tile, tile),
                 photometric="rgb",
                 compression=compression,
+                compressionargs={"level": quality} if quality else None,
                 subfiletype=0 if i == 0 else 1,
                 **(kwargs if i == 0 else {}),
             )

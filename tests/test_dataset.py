@@ -72,7 +72,9 @@ def test_dataloader_with_workers_and_pickling(store):
 
 def test_incomplete_slides_are_invisible_and_errors_are_clear(store, tmp_path):
     st = PatchStore.open(store, mode="a")
-    w = st.begin_slide("zz_partial", {"split": "train", "source": "x", "fingerprint": "0"}, 5)
+    layout = st.slides()[0].layout
+    attrs = {"split": "train", "source": "x", "fingerprint": "0"}
+    w = st.begin_slide("zz_partial", attrs, layout, 5)
     assert "zz_partial" not in PatchDataset(store, split="train").slide_names
     del w
     del st.root["zz_partial"]

@@ -70,7 +70,18 @@ class Levels:
 
 @dataclass(frozen=True)
 class PatchGeometry:
-    """Patch size and the level-0 downsample of each branch."""
+    """Patch size and the level-0 downsample of each branch.
+
+    The X1 grid lives on a lattice: X1 patches start at multiples of P (X1 pixels), the last of
+    each row and column shifted back by a multiple of :attr:`step`, the fewest X1 pixels that are
+    a whole number of X2 and X3 pixels. So every patch's X2 and X3 views start on whole pixels
+    of one image per branch, and the store keeps each scale once (:mod:`msn_cli.io.store`).
+
+    Example:
+        >>> g = PatchGeometry.create(256, Levels.parse("16x 4x 1x"))
+        >>> g.step, g.grid_px(1000, 300)[:, 0].tolist()
+        (16, [0, 256, 512, 752, 0, 256, 512, 752])
+    """
 
     patch_size: int
     downsamples: tuple[float, float, float]
@@ -84,12 +95,29 @@ class PatchGeometry:
         """Side of an X1 patch in level-0 pixels."""
         return self.patch_size * self.downsamples[0]
 
-    def grid(self, width: int, height: int) -> np.ndarray:
-        """Top-left level-0 corners (N, 2) of the X1 grid, rows top to bottom."""
-        xs = _axis_positions(width, self.footprint)
-        ys = _axis_positions(height, self.footprint)
+    @property
+    def ratios(self) -> tuple[float, float, float]:
+        return tuple(d / self.downsamples[0] for d in self.downsamples)  # type: ignore[return-value]
+
+    @property
+    def step(self) -> int:
+        """The lattice step (X1 pixels) of shifted patches; see :func:`check_patch_size`."""
+        step = lattice_step(self.patch_size, self.ratios)
+        if step is None:
+            raise ValueError(f"patch size {self.patch_size} does not fit ratios {self.ratios}")
+        return step
+
+    def grid_px(self, width: int, height: int) -> np.ndarray:
+        """Top-left corners (N, 2) of the X1 grid in X1 pixels (integers), rows top to bottom."""
+        step = self.step
+        xs = _axis_positions(width / self.downsamples[0], self.patch_size, step)
+        ys = _axis_positions(height / self.downsamples[0], self.patch_size, step)
         gx, gy = np.meshgrid(xs, ys)
         return np.stack([gx.ravel(), gy.ravel()], axis=1)
+
+    def grid(self, width: int, height: int) -> np.ndarray:
+        """Top-left level-0 corners (N, 2) of the X1 grid, rows top to bottom."""
+        return self.grid_px(width, height) * self.downsamples[0]
 
     def centres(self, corners: np.ndarray) -> np.ndarray:
         return corners + self.footprint / 2.0
@@ -98,12 +126,54 @@ class PatchGeometry:
         """Level-0 top-left of branch ``branch`` (0, 1, 2) for patch centres ``centre``."""
         return centre - self.patch_size * self.downsamples[branch] / 2.0
 
+    def image_origin(self, branch: int) -> float:
+        """Level-0 coordinate (x and y) of pixel 0 of branch ``branch``'s image: the top-left of
+        the view of the patch at X1 pixel 0."""
+        return self.patch_size * (self.downsamples[0] - self.downsamples[branch]) / 2.0
 
-def _axis_positions(extent: int, footprint: float) -> np.ndarray:
-    n = max(1, math.ceil(extent / footprint - 1e-9))
-    pos = np.arange(n, dtype=np.float64) * footprint
+    def view_origins(self, grid_px: np.ndarray) -> np.ndarray:
+        """(N, 3, 2) whole-pixel top-left of each patch's view in each branch's image."""
+        out = np.empty((len(grid_px), 3, 2), dtype=np.int64)
+        for b, r in enumerate(self.ratios):
+            pos = grid_px / r
+            out[:, b] = np.rint(pos)
+            if len(pos) and np.abs(pos - out[:, b]).max() > 1e-6:
+                raise ValueError("grid positions off the lattice")
+        return out
+
+
+def lattice_step(patch_size: int, ratios: Sequence[float]) -> int | None:
+    """The fewest X1 pixels that are whole X2 and X3 pixels, if P itself is (else None)."""
+
+    def whole(k: int) -> bool:
+        return all(abs(k / r - round(k / r)) < 1e-6 for r in ratios)
+
+    if not whole(patch_size):
+        return None
+    return next(k for k in range(1, patch_size + 1) if whole(k))
+
+
+def check_patch_size(patch_size: int, levels: Levels) -> None:
+    """X2's and X3's fields of view must start on whole pixels: P / ratio integral."""
+    if lattice_step(patch_size, levels.ratios) is not None:
+        return
+    near = [p for p in range(16, 4 * patch_size + 17) if lattice_step(p, levels.ratios)]
+    best = min(near, key=lambda p: (abs(p - patch_size), p)) if near else None
+    ratios = ", ".join(f"{r:g}" for r in levels.ratios[1:])
+    hint = f"; e.g. --patch-size {best}" if best else ""
+    raise MsnUsageError(
+        "--patch-size",
+        f"{patch_size} is not a whole number of X2/X3 pixels (ratios {ratios} to X1){hint}",
+    )
+
+
+def _axis_positions(extent: float, patch: int, step: int) -> np.ndarray:
+    """X1-pixel starts along one axis: multiples of ``patch``, the last shifted back inside the
+    image to the next multiple of ``step`` (so it may overhang by less than ``step``)."""
+    n = max(1, math.ceil(extent / patch - 1e-9))
+    pos = np.arange(n, dtype=np.int64) * patch
     if n > 1:
-        pos[-1] = max(0.0, extent - footprint)
+        pos[-1] = max(0, math.ceil((extent - patch) / step - 1e-9) * step)
     return pos
 
 

@@ -1,18 +1,30 @@
-"""The patch store (DESIGN.md §1): the only module that knows its layout.
+"""The patch store (docs: README "The patch store"): the only module that knows its layout.
 
 A Zarr v3 group. Root attributes ``msn_store`` hold the schema version, patch size, the three
 relative magnifications, the class names and the ignore label. One child group per slide,
-written by exactly one process, holds N aligned patch triplets::
+written by exactly one process. Schema 2 stores each branch's scale **once**, as an image at
+that exact scale covering every kept patch's field of view, and triplets are views cut from
+those images::
 
-    x1 x2 x3   uint8   (N, P, P, 3)   images at the three magnifications
-    y1 y2 y3   uint8   (N, P, P)      class indices, 255 = ignore
-    centers    float64 (N, 2)         level-0 x, y of the shared patch centre
-    tissue     float32 (N,)           tissue fraction of the X1 patch
+    <slide>/
+      x1 x2 x3   uint8   (H_b, W_b, 3)  the slide at X1's, X2's, X3's scale (zeros outside it)
+      y1 y2 y3   uint8   (H_b, W_b)     class indices at the same pixels, 255 = ignore
+      centers    float64 (N, 2)         level-0 x, y of each patch triplet's shared centre
+      tissue     float32 (N,)           tissue fraction of the X1 patch
+      grid       int32   (N, 2)         column, row of the patch in the slide's X1 grid
+      origins    int32   (N, 3, 2)      x, y of the patch's view in x1, x2, x3 (their pixels)
 
-One patch per chunk, ``SHARD_PATCHES`` chunks per shard file. Slide attributes (``msn_slide``)
-name the source, its fingerprint, the split, level-0 size, mpp, each branch's level-0
-downsample, the patch count, the tiling parameters and ``complete``, which is set last: readers
-only ever see complete slides.
+Patch ``i`` of branch ``b`` is ``x{b}[y:y+P, x:x+P]`` with ``(x, y) = origins[i, b-1]``. The
+grid is laid so that every origin is a whole pixel of every branch (see
+:class:`~msn_cli.io.patches.PatchGeometry`), so a view equals the triplet cut from the slide.
+Images are chunked P x P (X1's chunks are its grid cells), 8 x 8 chunks per shard file; only
+chunks under some patch's field of view are written (the rest read as the fill value: 0, or
+255 for labels). Image chunks are JPEG (lossy default) or zstd / JPEG-XL (``--lossless``),
+labels zstd (:mod:`msn_cli.io.codecs`). Slide attributes (``msn_slide``) name the source, its
+fingerprint, the split, level-0 size, mpp, each branch's level-0 downsample, the patch count,
+the tiling parameters, the ``layout`` (each image's level-0 origin, downsample and shape, the
+chunking and the codec) and ``complete``, which is set last: readers only ever see complete
+slides.
 
 Example:
     >>> spec = StoreSpec(256, (16.0, 4.0, 1.0), ("normal", "benign", "in situ", "invasive"))
@@ -24,7 +36,6 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,14 +44,16 @@ from typing import Any
 import numpy as np
 
 from msn_cli.errors import MsnError
+from msn_cli.io.codecs import LABEL_CODEC, ChunkCodec
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 IGNORE_LABEL = 255
 SPLITS = ("train", "sub-train", "test")
 IMAGES = ("x1", "x2", "x3")
 LABELS = ("y1", "y2", "y3")
-SHARD_PATCHES = 64
-_ZSTD_LEVEL = 1
+TABLE = ("centers", "tissue", "grid", "origins")
+#: Inner chunks per shard side: a shard file holds 8 x 8 chunks (X1: 8 x 8 grid cells).
+SHARD_CHUNKS = 8
 _ROOT_KEY = "msn_store"
 _PARTIAL = "__partial__"
 _OLD = "__old__"
@@ -86,13 +99,84 @@ class StoreSpec:
         return None
 
 
+@dataclass(frozen=True)
+class BranchImage:
+    """One branch's image of a slide: pixel (0, 0) covers level 0 from ``origin`` on, each pixel
+    ``downsample`` level-0 pixels wide; ``shape`` is (height, width); ``codec`` its chunks'
+    compression (e.g. ``jpeg:90``, ``zstd:3``)."""
+
+    origin: tuple[float, float]
+    downsample: float
+    shape: tuple[int, int]
+    codec: str
+
+    def to_attrs(self) -> dict[str, Any]:
+        o, s = list(self.origin), list(self.shape)
+        return {"origin": o, "downsample": self.downsample, "shape": s, "codec": self.codec}
+
+    @classmethod
+    def from_attrs(cls, a: dict[str, Any]) -> BranchImage:
+        o, s, ds = a["origin"], a["shape"], float(a["downsample"])
+        return cls((float(o[0]), float(o[1])), ds, (int(s[0]), int(s[1])), str(a["codec"]))
+
+
+@dataclass(frozen=True)
+class SlideLayout:
+    """How one slide's images lie in its group: the three branch images, the patch size and the
+    chunk side (pixels).
+
+    Example:
+        >>> img = BranchImage((0.0, 0.0), 1.0, (600, 900), "zstd:3")
+        >>> lay = SlideLayout((img, img, img), patch_size=64, chunk=64)
+        >>> lay.shard_side, lay.shard_grid(0)
+        (512, (2, 2))
+    """
+
+    images: tuple[BranchImage, BranchImage, BranchImage]
+    patch_size: int
+    chunk: int
+
+    @property
+    def shard_side(self) -> int:
+        return self.chunk * SHARD_CHUNKS
+
+    def shard_grid(self, branch: int) -> tuple[int, int]:
+        """Shards along (rows, columns) of branch ``branch``'s image."""
+        h, w = self.images[branch].shape
+        s = self.shard_side
+        return -(-h // s), -(-w // s)
+
+    def needed_chunks(self, branch: int, origins: np.ndarray) -> np.ndarray:
+        """Boolean (rows, cols) grid of the chunks that views at ``origins`` (N, 2: x, y) touch."""
+        h, w = self.images[branch].shape
+        c, p = self.chunk, self.patch_size
+        need = np.zeros((-(-h // c), -(-w // c)), dtype=bool)
+        for x, y in origins:
+            need[y // c : (y + p - 1) // c + 1, x // c : (x + p - 1) // c + 1] = True
+        return need
+
+    def to_attrs(self) -> dict[str, Any]:
+        return {
+            "images": {k: im.to_attrs() for k, im in zip(IMAGES, self.images, strict=True)},
+            "patch_size": self.patch_size,
+            "chunk": self.chunk,
+            "shard_chunks": SHARD_CHUNKS,
+        }
+
+    @classmethod
+    def from_attrs(cls, a: dict[str, Any]) -> SlideLayout:
+        images = tuple(BranchImage.from_attrs(a["images"][k]) for k in IMAGES)
+        return cls(images, int(a["patch_size"]), int(a["chunk"]))  # type: ignore[arg-type]
+
+
 @dataclass
 class SlideRecord:
-    """One slide group: typed read-only views of its attributes."""
+    """One slide group: typed read-only views of its attributes, and its patches."""
 
     name: str
     attrs: dict[str, Any]
     group: Any = field(repr=False)
+    _table: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     source = property(lambda self: self.attrs["source"])
     fingerprint = property(lambda self: self.attrs["fingerprint"])
@@ -102,22 +186,28 @@ class SlideRecord:
     downsamples = property(lambda self: tuple(self.attrs["downsamples"]))
     params = property(lambda self: self.attrs.get("params", {}))
     complete = property(lambda self: bool(self.attrs.get("complete")))
-    #: Pixel count of each label value of y1 (index 255: ignore), recorded by ``tile``.
+    #: Pixel count of each label value of y1 under the X1 patches (index 255: ignore).
     label_pixels = property(lambda self: list(self.attrs.get("label_pixels", [])))
 
     @property
     def n_patches(self) -> int:
         return int(self.attrs.get("n_patches", 0))
 
+    @property
+    def layout(self) -> SlideLayout:
+        return SlideLayout.from_attrs(self.attrs["layout"])
+
     def array(self, name: str):
         return self.group[name]
 
     def read(self, name: str, index) -> np.ndarray:
-        """Read ``index`` (an int, a slice or a sorted index array) of one array.
+        """Patches ``index`` (an int, a slice or an index array) of one field.
 
-        An index array is read as runs of consecutive indices, one slice each (whole chunks;
-        zarr's orthogonal selection is ten times slower on sharded arrays).
+        Images and labels (``x1`` ... ``y3``) are views cut from the branch images: (P, P, 3)
+        or (P, P) per patch. Neighbouring patches of one grid row are read as one region.
         """
+        if name in IMAGES or name in LABELS:
+            return self._views(name, index)
         arr = self.group[name]
         if not isinstance(index, np.ndarray):
             return arr[index]
@@ -126,6 +216,32 @@ class SlideRecord:
         breaks = np.flatnonzero(np.diff(index) != 1) + 1
         runs = np.split(index, breaks)
         return np.concatenate([arr[int(r[0]) : int(r[-1]) + 1] for r in runs])
+
+    def table(self, name: str) -> np.ndarray:
+        """A whole patch-table array, read once per record."""
+        if name not in self._table:
+            self._table[name] = np.asarray(self.group[name][:])
+        return self._table[name]
+
+    def _views(self, name: str, index) -> np.ndarray:
+        single = isinstance(index, int | np.integer)
+        idx = np.arange(self.n_patches)[index]
+        idx = np.atleast_1d(idx)
+        b = (IMAGES if name in IMAGES else LABELS).index(name)
+        arr = self.group[name]
+        p = self.layout.patch_size
+        out = np.empty((len(idx), p, p, *arr.shape[2:]), dtype=np.uint8)
+        if len(idx):
+            o = self.table("origins")[idx, b].astype(np.int64)
+            g = self.table("grid")[idx]
+            breaks = np.flatnonzero((np.diff(g[:, 1]) != 0) | (np.diff(g[:, 0]) != 1)) + 1
+            for run in np.split(np.arange(len(idx)), breaks):
+                x0, y0 = int(o[run[0], 0]), int(o[run[0], 1])
+                region = arr[y0 : y0 + p, x0 : int(o[run[-1], 0]) + p]
+                for k in run:
+                    dx = int(o[k, 0]) - x0
+                    out[k] = region[:, dx : dx + p]
+        return out[0] if single else out
 
 
 class PatchStore:
@@ -145,6 +261,8 @@ class PatchStore:
         identical bytes whoever writes it.
         """
         import zarr
+
+        import msn_cli.io.zarr_codec  # noqa: F401 - registers msn.image with zarr
 
         url = str(url)
         for attempt in range(3):
@@ -175,6 +293,8 @@ class PatchStore:
     def open(cls, url: str | Path, mode: str = "r") -> PatchStore:
         """Open an existing store (read-only by default)."""
         import zarr
+
+        import msn_cli.io.zarr_codec  # noqa: F401 - registers msn.image with zarr
 
         url = str(url)
         loc = _location(url)
@@ -216,8 +336,8 @@ class PatchStore:
         return SlideRecord(name, attrs, group)
 
     # -- writing ---------------------------------------------------------------------------
-    def begin_slide(self, name: str, attrs: dict[str, Any], n: int) -> SlideWriter:
-        """An empty, incomplete group for slide ``name`` sized for ``n`` patches.
+    def begin_slide(self, name: str, attrs: dict[str, Any], layout: SlideLayout, n: int):
+        """An empty, incomplete group for slide ``name`` with ``n`` patches laid as ``layout``.
 
         On a local store it is written as ``__partial__<name>`` and renamed over ``name`` only
         when complete, so a failed re-tile leaves the earlier complete slide as it was. Other
@@ -229,26 +349,30 @@ class PatchStore:
             if stale in set(self.root.group_keys()):
                 del self.root[stale]
         group = self.root.create_group(target)
-        group.attrs.update({_SLIDE_KEY: {**attrs, "complete": False, "n_patches": n}})
-        p = self.spec.patch_size
-        shapes = {
-            **{k: ((n, p, p, 3), (1, p, p, 3)) for k in IMAGES},
-            **{k: ((n, p, p), (1, p, p)) for k in LABELS},
-        }
-        for key, (shape, chunk) in shapes.items():
-            shard = (SHARD_PATCHES, *chunk[1:])
+        group.attrs.update(
+            {_SLIDE_KEY: {**attrs, "layout": layout.to_attrs(), "complete": False, "n_patches": n}}
+        )
+        c, s = layout.chunk, layout.shard_side
+        label_codec = ChunkCodec.parse(LABEL_CODEC)
+        for key, label, img in zip(IMAGES, LABELS, layout.images, strict=True):
+            image_codec = ChunkCodec.parse(img.codec)
             group.create_array(
-                key,
-                shape=shape,
-                chunks=chunk,
-                shards=shard,
-                dtype="uint8",
-                fill_value=0,
-                compressors=_compressor(key),
-            )
-        group.create_array("centers", shape=(n, 2), chunks=(max(n, 1), 2), dtype="float64")
-        group.create_array("tissue", shape=(n,), chunks=(max(n, 1),), dtype="float32")
-        return SlideWriter(group, n, lambda: self._commit(target, name))
+                key, shape=(*img.shape, 3), chunks=(c, c, 3), shards=(s, s, 3), dtype="uint8",
+                fill_value=0, **image_codec.zarr_codecs(),
+            )  # fmt: skip
+            group.create_array(
+                label, shape=img.shape, chunks=(c, c), shards=(s, s), dtype="uint8",
+                fill_value=IGNORE_LABEL, **label_codec.zarr_codecs(),
+            )  # fmt: skip
+        rows = (max(n, 1),)
+        for key, shape, dtype in (
+            ("centers", (n, 2), "float64"),
+            ("tissue", (n,), "float32"),
+            ("grid", (n, 2), "int32"),
+            ("origins", (n, 3, 2), "int32"),
+        ):
+            group.create_array(key, shape=shape, chunks=rows + shape[1:], dtype=dtype)
+        return SlideWriter(group, lambda: self._commit(target, name))
 
     def _local_dir(self) -> Path | None:
         """The store's folder on the local file system, or None (remote or in-memory)."""
@@ -274,137 +398,35 @@ class PatchStore:
         shutil.rmtree(old, ignore_errors=True)
 
 
-class ShardBuffer:
-    """One shard's worth of patches of every array, filled in place before it is written.
-
-    Each image array's patches live inside the bytes of its future shard file, so writing
-    a shard copies nothing: patches are copied once, into :attr:`x`, and that is all.
-    """
-
-    def __init__(self, patch_size: int) -> None:
-        p = patch_size
-        self.chunk = p * p * 3
-        self._payload = [
-            np.empty(SHARD_PATCHES * self.chunk + _INDEX_BYTES, np.uint8) for _ in IMAGES
-        ]
-        self.x = [
-            b[: SHARD_PATCHES * self.chunk].reshape(SHARD_PATCHES, p, p, 3) for b in self._payload
-        ]
-        self.y = [np.empty((SHARD_PATCHES, p, p), np.uint8) for _ in LABELS]
-        self.n = 0
-
-    @property
-    def full(self) -> bool:
-        return self.n == SHARD_PATCHES
-
-    def add(self, x: Sequence[np.ndarray], y: Sequence[np.ndarray], start: int = 0) -> int:
-        """Copy patches ``start:`` of ``x``/``y`` until full; returns how many were taken."""
-        take = min(SHARD_PATCHES - self.n, len(x[0]) - start)
-        for dst, src in zip(self.x, x, strict=True):
-            dst[self.n : self.n + take] = src[start : start + take]
-        for dst, src in zip(self.y, y, strict=True):
-            dst[self.n : self.n + take] = src[start : start + take]
-        self.n += take
-        return take
-
-
 class SlideWriter:
-    """Writes one slide's arrays shard by shard, then marks the slide complete.
-
-    Shards are encoded here, in the Zarr v3 ``sharding_indexed`` layout (inner chunks
-    back to back, then the index of little-endian uint64 (offset, length) pairs per chunk and
-    its CRC32C), and stored with one ``set`` each: zarr's generic write path costs about 1 ms
-    per inner chunk, more than decoding the slide. Everything is read back through zarr.
+    """Writes one slide's shards (encoded elsewhere, :mod:`msn_cli.io.shards`), then its patch
+    table, then marks it complete.
 
     Example:
-        >>> buf = writer.new_buffer()  # doctest: +SKIP
-        >>> buf.add(x, y); writer.write_shard(0, buf)  # doctest: +SKIP
+        >>> writer.put("x1", (0, 0), shard_bytes(chunks, (8, 8, 1)))  # doctest: +SKIP
+        >>> writer.finish({"centers": c, "tissue": t, "grid": g, "origins": o})  # doctest: +SKIP
     """
 
-    def __init__(self, group, n: int, commit=None) -> None:
+    def __init__(self, group, commit=None) -> None:
         self.group = group
-        self.n = n
         self._commit = commit
-        self.patch_size = int(group["y1"].shape[1])
 
-    def new_buffer(self) -> ShardBuffer:
-        return ShardBuffer(self.patch_size)
-
-    def write(self, start: int, x: Sequence[np.ndarray], y: Sequence[np.ndarray]) -> None:
-        """Write patches ``start:start+len`` (``start`` on a shard boundary; a partial shard
-        only at the end of the slide)."""
-        count = len(x[0])
-        if start % SHARD_PATCHES or (count % SHARD_PATCHES and start + count != self.n):
-            raise ValueError(f"writes must cover whole shards: {start}+{count} of {self.n}")
-        buf, taken = self.new_buffer(), 0
-        while taken < count:
-            buf.n = 0
-            got = buf.add(x, y, taken)
-            self.write_shard((start + taken) // SHARD_PATCHES, buf)
-            taken += got
-
-    def write_shard(self, shard: int, buf: ShardBuffer) -> None:
-        """Write shard number ``shard`` of every array from ``buf`` (its first ``buf.n``)."""
-        if buf.n < SHARD_PATCHES and (shard + 1) * SHARD_PATCHES < self.n:
-            raise ValueError(f"shard {shard} is not the last one but holds {buf.n} patches")
-        n = buf.n
-        for key, payload in zip(IMAGES, buf._payload, strict=True):
-            sizes = np.full(n, buf.chunk, dtype=np.uint64)
-            tail = _index_bytes(sizes)
-            end = n * buf.chunk
-            payload[end : end + len(tail)] = np.frombuffer(tail, np.uint8)
-            self._put(key, shard, payload[: end + len(tail)])
-        for key, data in zip(LABELS, buf.y, strict=True):
-            chunks = _encode_chunks(data[:n])
-            tail = _index_bytes(np.array([len(c) for c in chunks], dtype=np.uint64))
-            self._put(key, shard, np.frombuffer(b"".join([*chunks, tail]), np.uint8))
-
-    def _put(self, key: str, shard: int, payload: np.ndarray) -> None:
-        from zarr.core.buffer import default_buffer_prototype
-        from zarr.core.sync import sync
+    def put(self, key: str, shard: tuple[int, int], payload: bytes) -> None:
+        """Store one whole shard (row, column of the shard grid) of image or label ``key``."""
+        from msn_cli.io.shards import put_shard
 
         arr = self.group[key]
-        chunk_key = arr.metadata.encode_chunk_key((shard,) + (0,) * (arr.ndim - 1))
-        buf = default_buffer_prototype().buffer.from_array_like(payload)
-        sync((arr.store_path / chunk_key).set(buf))
+        put_shard(arr, tuple(shard) + (0,) * (arr.ndim - 2), payload)
 
-    def finish(self, centers: np.ndarray, tissue: np.ndarray, **extra: Any) -> None:
-        """Write the per-patch tables, then set ``complete`` (last, in one metadata write)."""
-        if len(centers):
-            self.group["centers"][:] = centers
-            self.group["tissue"][:] = tissue
+    def finish(self, table: dict[str, np.ndarray], **extra: Any) -> None:
+        """Write the patch table, then set ``complete`` (last, in one metadata write)."""
+        for key in TABLE:
+            if len(table[key]):
+                self.group[key][:] = table[key]
         attrs = dict(self.group.attrs)[_SLIDE_KEY]
         self.group.attrs.update({_SLIDE_KEY: {**attrs, **extra, "complete": True}})
         if self._commit is not None:
             self._commit()
-
-
-def _index_bytes(sizes: np.ndarray) -> bytes:
-    """The shard index for chunks of ``sizes`` stored back to back, with its CRC32C."""
-    index = np.full((SHARD_PATCHES, 2), _EMPTY, dtype="<u8")
-    n = len(sizes)
-    index[:n, 0] = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.uint64)
-    index[:n, 1] = sizes
-    raw = index.tobytes()  # (chunks per shard, 1, ..., 2) in C order: the same bytes
-    return raw + np.uint32(_crc32c(raw)).tobytes()
-
-
-_EMPTY = 2**64 - 1
-_INDEX_BYTES = SHARD_PATCHES * 16 + 4
-
-
-def _encode_chunks(data: np.ndarray) -> list[bytes]:
-    """Label chunks (one patch each), zstd-compressed as the array's codec declares."""
-    from numcodecs import Zstd
-
-    codec = Zstd(level=_ZSTD_LEVEL)
-    return [bytes(codec.encode(data[i].tobytes())) for i in range(len(data))]
-
-
-def _crc32c(data: bytes) -> int:
-    import google_crc32c
-
-    return google_crc32c.value(data)
 
 
 @contextmanager
@@ -433,14 +455,6 @@ def _location(url: str | Path) -> str:
     return url[len("file://") :] if url.startswith("file://") else url
 
 
-def _compressor(key: str):
-    """Labels compress 20-100x with zstd; decoded slide pixels (JPEG noise) barely at all, and
-    compressing ~0.3 GB/s of them would halve tiling speed on a small machine: stored raw."""
-    from zarr.codecs import ZstdCodec
-
-    return None if key in IMAGES else ZstdCodec(level=_ZSTD_LEVEL)
-
-
 def _spec_or_fail(url: str, attrs: dict[str, Any]) -> StoreSpec:
     raw = attrs.get(_ROOT_KEY)
     if not isinstance(raw, dict):
@@ -449,9 +463,17 @@ def _spec_or_fail(url: str, attrs: dict[str, Any]) -> StoreSpec:
         spec = StoreSpec.from_attrs(raw)
     except (KeyError, TypeError, ValueError) as exc:
         raise MsnError(url, f"corrupt store attributes: {exc}") from exc
+    if spec.schema_version < SCHEMA_VERSION:
+        raise MsnError(
+            url,
+            f"store schema version {spec.schema_version} was written by an earlier msn; this msn "
+            f"reads schema {SCHEMA_VERSION}: re-tile the slides into a new --store",
+        )
     if spec.schema_version != SCHEMA_VERSION:
         raise MsnError(
-            url, f"store schema version {spec.schema_version}; this msn reads {SCHEMA_VERSION}"
+            url,
+            f"store schema version {spec.schema_version} is newer than this msn reads "
+            f"({SCHEMA_VERSION}); upgrade msn",
         )
     return spec
 

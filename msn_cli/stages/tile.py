@@ -1,9 +1,11 @@
 """Stage ``tile``: slides and annotations into the patch store.
 
-For each slide: open it, find its labels, lay the X1 grid, keep patches with enough tissue
-(measured on a thumbnail), then read the triplets block by block in worker threads (OpenSlide,
-Pillow and the Zarr codecs release the GIL; no patch is copied between processes), and write
-them in shard-aligned order while the next blocks decode. A slide whose group is complete and
+For each slide: open it, find its labels (none: every pixel is ``--unannotated``, with a
+warning), lay the X1 grid, keep patches with enough tissue (measured on a thumbnail), then
+write each branch's image once, shard by shard: every shard under some kept patch's field of
+view is read at its branch's exact scale, rasterised, and compressed in worker threads
+(OpenSlide, Pillow and the codecs release the GIL), and stored while the next ones decode
+(:mod:`msn_cli.stages.tile_write`). A slide whose group is complete and
 whose fingerprint and tiling parameters match is skipped; any other existing group is redone.
 """
 
@@ -19,20 +21,28 @@ import numpy as np
 
 from msn_cli.errors import MsnError, MsnUsageError
 from msn_cli.io import annotations as ann
+from msn_cli.io.codecs import DEFAULT_LOSSY, ChunkCodec
 from msn_cli.io.labelmask import MaskLabels
 from msn_cli.io.patches import (
     Levels,
     PatchGeometry,
     base_downsample,
+    check_patch_size,
     check_walk_options,
-    extract,
-    region_blocks,
 )
-from msn_cli.io.slide import cached_slide, fingerprint, open_slide
-from msn_cli.io.store import IGNORE_LABEL, SPLITS, PatchStore, StoreSpec, slide_name
+from msn_cli.io.rasterise import PolygonLabels
+from msn_cli.io.slide import fingerprint, open_slide
+from msn_cli.io.store import (
+    IGNORE_LABEL,
+    SPLITS,
+    BranchImage,
+    PatchStore,
+    SlideLayout,
+    StoreSpec,
+    slide_name,
+)
 from msn_cli.io.tissue import tissue_fractions
-from msn_cli.io.walk import in_order
-from msn_cli.progress import progress
+from msn_cli.stages.tile_write import write_images
 
 log = logging.getLogger("msn")
 
@@ -55,7 +65,7 @@ class TileConfig:
     mpp: float | None = None
     mask_values: str | None = None
     workers: int = 0  # 0: one per CPU
-    block: int = 8  # X1 patches per block side
+    codec: str = DEFAULT_LOSSY  # images: "jpeg" (auto quality), "jpeg:Q", lossless "zstd:3"
 
     def spec(self) -> StoreSpec:
         return StoreSpec(self.patch_size, self.levels.magnifications, tuple(self.classes))
@@ -106,6 +116,8 @@ def validate_config(config: TileConfig) -> None:
     if config.patch_size < 16:
         raise MsnUsageError("--patch-size", f"{config.patch_size} is too small (at least 16)")
     check_walk_options(config.min_tissue, config.mpp)
+    check_patch_size(config.patch_size, config.levels)
+    ChunkCodec.parse(config.codec)
     if config.unannotated not in ("normal", "ignore"):
         raise MsnUsageError("--unannotated", "expected 'normal' (class 0) or 'ignore' (255)")
     if config.split not in SPLITS:
@@ -124,17 +136,27 @@ def tile_slide(store: PatchStore, job: SlideJob, config: TileConfig) -> SlideRes
     if split not in SPLITS:
         raise MsnError(job.slide, f"split {split!r} is not one of {', '.join(SPLITS)}")
     slide = open_slide(job.slide)
+    try:
+        return _tile_open_slide(store, job, config, slide, name, split, t0)
+    finally:
+        slide.close()
+
+
+def _tile_open_slide(store, job, config, slide, name, split, t0) -> SlideResult:
+    result = SlideResult(job.slide, name, "tiled")
+    background = 0 if config.unannotated == "normal" else IGNORE_LABEL
     label_path = job.labels or ann.find_annotations(job.slide)
     if label_path is None:
-        raise MsnError(
-            job.slide,
-            "no annotations found beside it (<stem>.geojson, <stem>.xml or "
-            "<stem>_mask.png); pass --annotations or --mask",
+        what = "class 0" if background == 0 else "ignore (255)"
+        result.warnings.append(
+            f"{job.slide}: no annotations found beside it; every pixel is {what} "
+            "(--unannotated); pass --annotations or --mask to label it"
         )
-    background = 0 if config.unannotated == "normal" else IGNORE_LABEL
-    labels = ann.open_labels(
-        label_path, config.classes, slide.dimensions, background, mask_values=config.mask_values
-    )
+        labels = PolygonLabels([], slide.dimensions, background)
+    else:
+        labels = ann.open_labels(
+            label_path, config.classes, slide.dimensions, background, mask_values=config.mask_values
+        )
     if config.mask_values and not isinstance(labels, MaskLabels):
         log.warning("%s: --mask-values applies to label masks only; ignored", label_path)
     base = base_downsample(slide, config.mpp)
@@ -146,8 +168,9 @@ def tile_slide(store: PatchStore, job: SlideJob, config: TileConfig) -> SlideRes
         "min_tissue": config.min_tissue,
         "unannotated": config.unannotated,
         "mask_values": config.mask_values,
-        "labels": str(Path(label_path).resolve()),
-        "labels_fingerprint": fingerprint(label_path),
+        "labels": str(Path(label_path).resolve()) if label_path else None,
+        "labels_fingerprint": fingerprint(label_path) if label_path else None,
+        "codec": str(ChunkCodec.parse(config.codec)),
     }
     source_fp = fingerprint(job.slide)
     existing = store.slide(name)
@@ -166,21 +189,19 @@ def tile_slide(store: PatchStore, job: SlideJob, config: TileConfig) -> SlideRes
         log.info("%s: already tiled, skipped", job.slide)
         return SlideResult(job.slide, name, "skipped", existing.n_patches, seconds=0.0)
 
-    result = SlideResult(job.slide, name, "tiled")
     geometry = PatchGeometry.create(config.patch_size, config.levels, base)
     w0, h0 = slide.dimensions
-    corners = geometry.grid(w0, h0)
+    grid_px = geometry.grid_px(w0, h0)
+    corners = grid_px * geometry.downsamples[0]
     fractions = tissue_fractions(slide, corners, geometry.footprint)
     keep = np.flatnonzero(fractions >= config.min_tissue) if config.min_tissue > 0 else None
-    kept = corners if keep is None else corners[keep]
+    kept_px = grid_px if keep is None else grid_px[keep]
     tissue = fractions if keep is None else fractions[keep]
-    blocks = region_blocks(kept, geometry, config.block)
-    order = np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.int64)
-    centres = geometry.centres(kept[order])
-    tissue = tissue[order]
-    result.n_grid, result.n_patches = len(corners), len(order)
-    if not len(order):
+    result.n_grid, result.n_patches = len(grid_px), len(kept_px)
+    if not len(kept_px):
         result.warnings.append(f"{job.slide}: no tissue found; the slide has zero patches")
+    table = _patch_table(geometry, grid_px, kept_px, tissue)
+    layout = _layout(slide, geometry, table["origins"], ChunkCodec.parse(config.codec))
 
     attrs = {
         "source": str(job.slide.resolve()),
@@ -192,44 +213,54 @@ def tile_slide(store: PatchStore, job: SlideJob, config: TileConfig) -> SlideRes
         "downsamples": list(geometry.downsamples),
         "params": params,
     }
-    writer = store.begin_slide(name, attrs, len(order))
-    counts = _write_blocks(writer, job.slide, geometry, centres, blocks, labels, config, name)
-    writer.finish(centres, tissue, label_pixels=[int(c) for c in counts])
-    slide.close()
+    writer = store.begin_slide(name, attrs, layout, len(kept_px))
+    counts = write_images(writer, job.slide, layout, table["origins"], labels, config.workers, name)
+    writer.finish(table, label_pixels=[int(c) for c in counts])
     result.seconds = time.perf_counter() - t0
     for w in result.warnings:
         log.warning(w)
     return result
 
 
-def _write_blocks(writer, path, geometry, centres, blocks, labels, config, name) -> np.ndarray:
-    """Decode blocks in worker threads, in order; write each shard as soon as it is full,
-    while the next blocks decode.
+def _patch_table(geometry: PatchGeometry, grid_px, kept_px, tissue) -> dict[str, np.ndarray]:
+    """The patch table of the kept patches (raster order): centres, tissue, grid cell, views."""
+    cols = np.unique(grid_px[:, 0]) if len(grid_px) else np.zeros(0)
+    rows = np.unique(grid_px[:, 1]) if len(grid_px) else np.zeros(0)
+    cell = np.stack(
+        [np.searchsorted(cols, kept_px[:, 0]), np.searchsorted(rows, kept_px[:, 1])], axis=1
+    )
+    return {
+        "centers": kept_px * geometry.downsamples[0] + geometry.footprint / 2.0,
+        "tissue": tissue.astype(np.float32),
+        "grid": cell.astype(np.int32).reshape(-1, 2),
+        "origins": geometry.view_origins(kept_px).astype(np.int32).reshape(-1, 3, 2),
+    }
 
-    Returns the pixel count of each y1 label value (256 bins).
-    """
-    sizes = [len(b) for b in blocks]
-    starts = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
 
-    def work(i: int):
-        trip = extract(cached_slide(path), geometry, centres[starts[i] : starts[i + 1]], labels)
-        return trip, np.bincount(trip.y[0].ravel(), minlength=256)
+def _layout(slide, geometry: PatchGeometry, origins: np.ndarray, codec: ChunkCodec) -> SlideLayout:
+    """Each branch's image: just large enough for every kept patch's view, with its codec."""
+    p = geometry.patch_size
+    images = []
+    for b, ds in enumerate(geometry.downsamples):
+        o = geometry.image_origin(b)
+        far = origins[:, b].max(axis=0) + p if len(origins) else np.zeros(2, np.int64)
+        quality = _copied_jpeg_quality(slide, o, ds, p) if codec.level is None else None
+        chosen = str(codec.resolve(quality))
+        images.append(BranchImage((o, o), ds, (int(far[1]), int(far[0])), chosen))
+    return SlideLayout(tuple(images), p, p)  # type: ignore[arg-type]
 
-    shard, buf = 0, writer.new_buffer()
-    counts = np.zeros(256, dtype=np.int64)
-    with (
-        in_order(work, len(blocks), config.workers) as decoded,
-        progress(name, len(centres), "patches") as bar,
-    ):
-        for trip, block_counts in decoded:
-            counts += block_counts
-            taken = 0
-            while taken < len(trip.x[0]):
-                taken += buf.add(trip.x, trip.y, taken)
-                if buf.full:
-                    writer.write_shard(shard, buf)
-                    shard, buf.n = shard + 1, 0
-            bar.advance(len(trip.x[0]))
-        if buf.n:
-            writer.write_shard(shard, buf)
-    return counts
+
+def _copied_jpeg_quality(slide, origin: float, downsample: float, chunk: int) -> int | None:
+    """The JPEG quality of the pyramid level a branch image copies on its 8-pixel block grid
+    (same scale, block-aligned origin and chunks), or None (resampled, or not JPEG)."""
+    from msn_cli.io.jpegq import level_jpeg_quality
+
+    level = slide.best_level(downsample)
+    lv = slide.levels[level]
+    for lds in (lv.downsample_x, lv.downsample_y):
+        offset = origin / lds
+        if abs(lds - downsample) > 1e-9 * downsample or abs(offset - round(offset)) > 1e-9:
+            return None
+        if round(offset) % 8 or chunk % 8:
+            return None
+    return level_jpeg_quality(slide.path, level)
