@@ -65,8 +65,8 @@ def test_lossless_views_equal_the_triplets_cut_from_the_slide(tmp_path):
     rec = tiled(tmp_path, path, "zstd:3").slide("s")
     xs, ys = direct(path, rec)
     # Levels 0 and 1 are copied exactly; level 2 is 62 px wide for 1000 (16.13x): X3 is
-    # resampled, and Pillow's fixed-point weights for one output pixel differ by one grey level
-    # now and then with the box's origin (one shard vs one patch).
+    # resampled, and Pillow's fixed-point weights for one output pixel differ now and then with
+    # the box's origin (a shard vs one patch).
     assert open_slide(path).levels[2].downsample_x == pytest.approx(1000 / 62)
     for b in range(3):  # every patch, the shifted last row and column included
         views = rec.read(IMAGES[b], slice(None))
@@ -100,10 +100,10 @@ def test_default_codec_stays_within_40_db_and_picks_quality_per_branch(tmp_path,
     exact = tiled(tmp_path, synthetic, "zstd:1", name="exact").slide("s")
     xs, _ = direct(synthetic, rec)
     codecs = [img.codec for img in rec.layout.images]
-    # X1 and X2 copy the q90 levels 0 and 1 on their block grids: their own quality; X3 (64
-    # px at 16x, read from level 2 at -30 px: not on its 8-px blocks) is resampled: fresh, q95.
-    assert codecs[:2] == ["jpeg:90", "jpeg:90"], codecs
-    assert codecs[2] == "jpeg:95", codecs
+    # X1 copies the q90 4:2:0 level 0 on its MCUs: its quality and subsampling. X2's image
+    # starts at -24 px of level 1 (P=64: -96 level-0 px), on 8-px blocks but not on the 16-px
+    # MCUs; X3's at -30 px of level 2: both are fresh content for the encoder, q95 at 4:4:4.
+    assert codecs == ["jpeg:90:420", "jpeg:95", "jpeg:95"], codecs
     for b in range(3):
         assert psnr(rec.read(IMAGES[b], slice(None)), xs[b]) >= 40.0, IMAGES[b]
         np.testing.assert_array_equal(  # labels are always lossless

@@ -1,14 +1,15 @@
 """How the patch store compresses its chunks: one :class:`ChunkCodec` per array.
 
-Images are compressed lossily by default (JPEG; ``jpeg`` without a quality means *auto*: a
-branch image copied from a JPEG pyramid level on its block grid is re-encoded at that level's
-own quality, at least :data:`COPY_MIN_QUALITY`, any other at :data:`FRESH_QUALITY`, so the stored pixels stay within 40 dB PSNR
-of the decoded slide) or losslessly with ``--lossless``; labels always
-losslessly (zstd). The chunks are encoded here, by ``tile``'s worker threads, and the array's
-Zarr metadata names the same codec, so any zarr-python reader decodes them. JPEG has no codec
-in the Zarr v3 core: :class:`ImageCodec` (``msn.image``) is registered with zarr when this
-module is imported and through the ``zarr.codecs`` entry point of the ``msn-cli`` package, so
-zarr-python opens a store's images in any environment where msn is installed.
+Images are compressed lossily by default: JPEG, where ``jpeg`` without a quality means
+*auto*: a branch image copied from a JPEG pyramid level on its block grid is re-encoded at
+that level's own quality (at least :data:`COPY_MIN_QUALITY`), any other at
+:data:`FRESH_QUALITY`, so the stored pixels stay within 40 dB PSNR of the decoded slide.
+``--lossless`` stores exact pixels (zstd, or lossless JPEG-XL); labels are always lossless
+(zstd). The chunks are encoded here, by ``tile``'s worker threads, and the array's Zarr
+metadata names the same codec, so any zarr-python reader decodes them. JPEG has no codec in
+the Zarr v3 core: ``msn.image`` (:mod:`msn_cli.io.zarr_codec`) is registered with zarr
+through the ``zarr.codecs`` entry point of the ``msn-cli`` package, so zarr-python opens a
+store's images in any environment where msn is installed.
 
 Example:
     >>> c = ChunkCodec.parse("jpeg:90")
@@ -41,15 +42,18 @@ FRESH_QUALITY = 95
 COPY_MIN_QUALITY = 90
 DEFAULT_LOSSLESS = "zstd:3"
 LABEL_CODEC = "zstd:1"
+SUBSAMPLING = ("444", "422", "420")
 
 
 @dataclass(frozen=True)
 class ChunkCodec:
     """A chunk compression: ``name`` and ``level`` (JPEG quality, zstd level, JPEG-XL effort);
-    a JPEG ``level`` of None is *auto*, resolved per branch image by :meth:`resolve`."""
+    a JPEG ``level`` of None is *auto*, resolved per branch image by :meth:`resolve`. JPEG's
+    ``subsampling`` is its chroma subsampling (``444``, ``422`` or ``420``)."""
 
     name: str
     level: int | None
+    subsampling: str = "444"
 
     @property
     def lossless(self) -> bool:
@@ -57,8 +61,14 @@ class ChunkCodec:
 
     @classmethod
     def parse(cls, text: str) -> ChunkCodec:
-        """``jpeg``, ``jpeg:95``, ``zstd:3``, ``jpegxl:1`` (the level after the colon)."""
+        """``jpeg``, ``jpeg:95``, ``jpeg:90:420``, ``zstd:3``, ``jpegxl:1`` (the level after
+        the colon; JPEG's chroma subsampling after a second one, 4:4:4 by default)."""
         name, _, level = text.strip().lower().partition(":")
+        level, _, sub = level.partition(":")
+        if sub and (name != "jpeg" or sub not in SUBSAMPLING):
+            raise MsnUsageError(
+                "--codec", f"{text!r}: only jpeg takes a subsampling ({', '.join(SUBSAMPLING)})"
+            )
         ranges = {**LOSSY, **LOSSLESS}
         if name not in ranges:
             raise MsnUsageError(
@@ -72,19 +82,22 @@ class ChunkCodec:
             raise MsnUsageError("--codec", f"{text!r}: the level must be an integer") from None
         if value is not None and not lo <= value <= hi:
             raise MsnUsageError("--codec", f"{text!r}: {name}'s level must be in {lo}..{hi}")
-        return cls(name, value)
+        return cls(name, value, sub or "444")
 
     def __str__(self) -> str:
-        return self.name if self.level is None else f"{self.name}:{self.level}"
+        text = self.name if self.level is None else f"{self.name}:{self.level}"
+        return text if self.subsampling == "444" else f"{text}:{self.subsampling}"
 
-    def resolve(self, source_quality: int | None) -> ChunkCodec:
-        """Auto JPEG: the source level's quality for a block-aligned copy (``source_quality``),
-        else :data:`FRESH_QUALITY`; any other codec as it is."""
+    def resolve(self, source: tuple[int, str] | None) -> ChunkCodec:
+        """Auto JPEG: for a block-aligned copy of a JPEG level (``source``: its quality and
+        subsampling) that level's quality (at least :data:`COPY_MIN_QUALITY`) and subsampling,
+        else :data:`FRESH_QUALITY` at 4:4:4; any other codec as it is."""
         if self.level is not None:
             return self
-        if source_quality is None:
+        if source is None:
             return ChunkCodec(self.name, FRESH_QUALITY)
-        return ChunkCodec(self.name, max(source_quality, COPY_MIN_QUALITY))
+        quality, subsampling = source
+        return ChunkCodec(self.name, max(quality, COPY_MIN_QUALITY), subsampling)
 
     def zarr_codecs(self) -> dict[str, Any]:
         """``serializer`` and ``compressors`` for :meth:`zarr.Group.create_array`."""
@@ -94,12 +107,13 @@ class ChunkCodec:
             return {"serializer": BytesCodec(), "compressors": ZstdCodec(level=self.level)}
         from msn_cli.io.zarr_codec import ImageCodec
 
-        return {"serializer": ImageCodec(self.name, self.level), "compressors": None}
+        image = ImageCodec(self.name, self.level, self.subsampling)
+        return {"serializer": image, "compressors": None}
 
     def encode(self, chunk: np.ndarray) -> bytes:
         """The bytes zarr stores for one whole chunk (C order)."""
         assert self.level is not None, "resolve an auto codec first"
-        return encode_chunk(self.name, self.level, np.ascontiguousarray(chunk))
+        return encode_chunk(self.name, self.level, np.ascontiguousarray(chunk), self.subsampling)
 
     def decode(self, data: bytes, shape: tuple[int, ...]) -> np.ndarray:
         return decode_chunk(self.name, data, shape)
@@ -117,14 +131,13 @@ def image_codec(codec: str | None, lossless: bool) -> str:
     return str(parsed)
 
 
-def encode_chunk(name: str, level: int, chunk: np.ndarray) -> bytes:
+def encode_chunk(name: str, level: int, chunk: np.ndarray, subsampling: str = "444") -> bytes:
     import imagecodecs
 
     if name == "zstd":
         return imagecodecs.zstd_encode(chunk.tobytes(), level=level)
     if name == "jpeg":
-        # 4:4:4: chroma subsampling would cost PSNR where stains meet (see the README).
-        return imagecodecs.jpeg8_encode(chunk, level=level, subsampling="444")
+        return imagecodecs.jpeg8_encode(chunk, level=level, subsampling=subsampling)
     if name == "jpegxl":
         return imagecodecs.jpegxl_encode(chunk, lossless=True, effort=level)
     raise ValueError(f"unknown codec {name!r}")

@@ -62,20 +62,45 @@ def luma_table(jpeg: bytes) -> list[int] | None:
     return None
 
 
-def level_jpeg_quality(path: str | os.PathLike[str], level: int) -> int | None:
-    """Quality of pyramid level ``level`` of a TIFF-based slide (SVS, generic TIFF, NDPI, OME)
-    or of a plain JPEG image; None when it is not JPEG-compressed or cannot be read."""
+def subsampling(jpeg: bytes) -> str | None:
+    """Chroma subsampling (``444``, ``422``, ``420``) from a JPEG's frame header, or None."""
+    i = 2 if jpeg[:2] == b"\xff\xd8" else 0
+    while i + 4 <= len(jpeg) and jpeg[i] == 0xFF:
+        marker, length = jpeg[i + 1], int.from_bytes(jpeg[i + 2 : i + 4], "big")
+        if marker in (0xC0, 0xC1, 0xC2):  # SOF: components with their sampling factors
+            n = jpeg[i + 9]
+            factors = [(jpeg[i + 11 + 3 * k] >> 4, jpeg[i + 11 + 3 * k] & 15) for k in range(n)]
+            if n != 3 or factors[1] != (1, 1) or factors[2] != (1, 1):
+                return None
+            return {(1, 1): "444", (2, 1): "422", (2, 2): "420"}.get(factors[0])
+        if marker == 0xDA:
+            return None
+        i += 2 + length
+    return None
+
+
+def level_jpeg(path: str | os.PathLike[str], level: int) -> tuple[int, str] | None:
+    """(quality, chroma subsampling) of pyramid level ``level`` of a TIFF-based slide (SVS,
+    generic TIFF, NDPI, OME) or of a plain JPEG image; None when it is not JPEG-compressed or
+    cannot be read."""
     try:
-        return _level_quality(os.fspath(path), level)
+        return _level_jpeg(os.fspath(path), level)
     except Exception:  # any unreadable file simply has no known quality
         return None
 
 
-def _level_quality(path: str, level: int) -> int | None:
+def level_jpeg_quality(path: str | os.PathLike[str], level: int) -> int | None:
+    """The quality alone of :func:`level_jpeg`."""
+    found = level_jpeg(path, level)
+    return found[0] if found else None
+
+
+def _level_jpeg(path: str, level: int) -> tuple[int, str] | None:
     if path.lower().endswith((".jpg", ".jpeg")):
         with open(path, "rb") as fh:
-            table = luma_table(fh.read(1 << 16))
-        return ijg_quality(table) if table and level == 0 else None
+            head = fh.read(1 << 16)
+        table, sub = luma_table(head), subsampling(head)
+        return (ijg_quality(table), sub) if table and sub and level == 0 else None
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
@@ -85,9 +110,9 @@ def _level_quality(path: str, level: int) -> int | None:
         page = levels[level].keyframe
         if page.compression != 7:  # JPEG
             return None
-        table = luma_table(page.jpegtables) if page.jpegtables else None
-        if table is None:
-            offset, count = page.dataoffsets[0], page.databytecounts[0]
-            tif.filehandle.seek(offset)
-            table = luma_table(tif.filehandle.read(min(count, 1 << 16)))
-        return ijg_quality(table) if table else None
+        offset, count = page.dataoffsets[0], page.databytecounts[0]
+        tif.filehandle.seek(offset)
+        tile = tif.filehandle.read(min(count, 1 << 16))
+        table = (luma_table(page.jpegtables) if page.jpegtables else None) or luma_table(tile)
+        sub = subsampling(tile)
+        return (ijg_quality(table), sub) if table and sub else None

@@ -160,9 +160,9 @@ def fill_polygon(
     t = (y - ya[edge_of]) / (yb[edge_of] - ya[edge_of])
     x = xa[edge_of] + t * (xb[edge_of] - xa[edge_of])
     cols = np.clip(_first_index_at_or_after(x, x0, downsample), 0, width)
-    toggles = np.bincount(rows * (width + 1) + cols, minlength=height * (width + 1))
-    parity = np.cumsum(toggles.reshape(height, width + 1)[:, :width], axis=1) & 1
-    return parity.astype(bool)
+    toggles = np.zeros((height, width + 1), dtype=np.uint8)
+    np.bitwise_xor.at(toggles, (rows, cols), 1)  # one byte per pixel: 8x less than int64 sums
+    return np.bitwise_xor.accumulate(toggles[:, :width], axis=1).view(bool)
 
 
 def inside_image(

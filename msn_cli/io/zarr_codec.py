@@ -21,13 +21,15 @@ NAME = "msn.image"
 
 
 class ImageCodec(ArrayBytesCodec):
-    """``{"name": "msn.image", "configuration": {"format": "jpeg", "level": 90}}``."""
+    """``{"name": "msn.image", "configuration": {"format": "jpeg", "level": 90,
+    "subsampling": "420"}}`` (the subsampling matters only when zarr itself writes)."""
 
     is_fixed_size = False
 
-    def __init__(self, format: str = "jpeg", level: int = 90) -> None:
+    def __init__(self, format: str = "jpeg", level: int = 90, subsampling: str = "444") -> None:
         object.__setattr__(self, "format", str(format))
         object.__setattr__(self, "level", int(level))
+        object.__setattr__(self, "subsampling", str(subsampling))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ImageCodec:
@@ -35,7 +37,8 @@ class ImageCodec(ArrayBytesCodec):
         return cls(**config)  # type: ignore[arg-type]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": NAME, "configuration": {"format": self.format, "level": self.level}}
+        config = {"format": self.format, "level": self.level, "subsampling": self.subsampling}
+        return {"name": NAME, "configuration": config}
 
     def evolve_from_array_spec(self, array_spec) -> ImageCodec:
         shape = tuple(array_spec.shape)
@@ -47,16 +50,15 @@ class ImageCodec(ArrayBytesCodec):
         return isinstance(other, ImageCodec) and self.to_dict() == other.to_dict()
 
     def __hash__(self) -> int:
-        return hash((self.format, self.level))
+        return hash((self.format, self.level, self.subsampling))
 
     async def _decode_single(self, chunk_bytes, chunk_spec):
         arr = decode_chunk(self.format, chunk_bytes.to_bytes(), tuple(chunk_spec.shape))
         return chunk_spec.prototype.nd_buffer.from_ndarray_like(arr)
 
     async def _encode_single(self, chunk_array, chunk_spec):
-        data = encode_chunk(
-            self.format, self.level, np.ascontiguousarray(chunk_array.as_numpy_array())
-        )
+        arr = np.ascontiguousarray(chunk_array.as_numpy_array())
+        data = encode_chunk(self.format, self.level, arr, self.subsampling)
         return chunk_spec.prototype.buffer.from_bytes(data)
 
     def compute_encoded_size(self, input_byte_length: int, _chunk_spec) -> int:

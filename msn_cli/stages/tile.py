@@ -31,7 +31,7 @@ from msn_cli.io.patches import (
     check_walk_options,
 )
 from msn_cli.io.rasterise import PolygonLabels
-from msn_cli.io.slide import fingerprint, open_slide
+from msn_cli.io.slide import fingerprint, is_copy, open_slide
 from msn_cli.io.store import (
     IGNORE_LABEL,
     SPLITS,
@@ -244,23 +244,27 @@ def _layout(slide, geometry: PatchGeometry, origins: np.ndarray, codec: ChunkCod
     for b, ds in enumerate(geometry.downsamples):
         o = geometry.image_origin(b)
         far = origins[:, b].max(axis=0) + p if len(origins) else np.zeros(2, np.int64)
-        quality = _copied_jpeg_quality(slide, o, ds, p) if codec.level is None else None
-        chosen = str(codec.resolve(quality))
+        source = _copied_jpeg(slide, o, ds, p) if codec.level is None else None
+        chosen = str(codec.resolve(source))
         images.append(BranchImage((o, o), ds, (int(far[1]), int(far[0])), chosen))
     return SlideLayout(tuple(images), p, p)  # type: ignore[arg-type]
 
 
-def _copied_jpeg_quality(slide, origin: float, downsample: float, chunk: int) -> int | None:
-    """The JPEG quality of the pyramid level a branch image copies on its 8-pixel block grid
-    (same scale, block-aligned origin and chunks), or None (resampled, or not JPEG)."""
-    from msn_cli.io.jpegq import level_jpeg_quality
+def _copied_jpeg(slide, origin: float, downsample: float, chunk: int) -> tuple[int, str] | None:
+    """(quality, subsampling) of the JPEG pyramid level a branch image copies on its block
+    grid (same scale; origin and chunks on the level's 8- or 16-pixel MCUs), or None
+    (resampled, off the blocks, or not JPEG)."""
+    from msn_cli.io.jpegq import level_jpeg
 
+    if not is_copy(slide, origin, origin, downsample):
+        return None
     level = slide.best_level(downsample)
     lv = slide.levels[level]
-    for lds in (lv.downsample_x, lv.downsample_y):
-        offset = origin / lds
-        if abs(lds - downsample) > 1e-9 * downsample or abs(offset - round(offset)) > 1e-9:
-            return None
-        if round(offset) % 8 or chunk % 8:
-            return None
-    return level_jpeg_quality(slide.path, level)
+    offsets = [origin / lv.downsample_x, origin / lv.downsample_y]
+    source = level_jpeg(slide.path, level)
+    if source is None:
+        return None
+    mcu = 8 if source[1] == "444" else 16
+    if chunk % mcu or any(round(o) % mcu for o in offsets):
+        return None
+    return source
