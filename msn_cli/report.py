@@ -45,7 +45,7 @@ def print_store(data: dict[str, Any]) -> None:
     con.print(classes)
     con.print(f"ignored (255): {data['ignored_fraction']:.3f} of X1 pixels")
     slides = Table(title="slides")
-    for col in ("name", "split", "patches", "size", "mpp", "complete"):
+    for col in ("name", "split", "patches", "size", "mpp", "codecs (x1 x2 x3)", "complete"):
         slides.add_column(col)
     for s in data["slides"]:
         mpp = f"{s['mpp']:.3f}" if s["mpp"] else "-"
@@ -55,6 +55,7 @@ def print_store(data: dict[str, Any]) -> None:
             str(s["patches"]),
             "x".join(map(str, s["size"])),
             mpp,
+            " ".join(s["codecs"] or ["-"]),
             "yes" if s["complete"] else "NO",
         )
     con.print(slides)

@@ -159,6 +159,7 @@ def test_unannotated_slides_tile_with_a_warning(msn_invoke, tmp_path):
         assert (rec.read(k, slice(None)) == 255).all()
     info = json.loads(msn_invoke("info", tmp_path / "i.zarr", "--json").stdout)
     assert info["ignored_fraction"] == 1.0 and info["schema_version"] == 2
+    assert info["slides"][0]["codecs"] == ["zstd:3"] * 3
 
 
 def test_a_schema_1_store_is_refused_in_one_line(msn_invoke, tmp_path):
@@ -214,3 +215,19 @@ def test_jpeg_quality_is_read_back_from_the_tables(tmp_path, quality):
     assert level_jpeg_quality(tmp_path / "missing.tif", 0) is None
     write_pyramid(tmp_path / "d.tif", pattern(64, 64), downsamples=(1,))
     assert level_jpeg_quality(tmp_path / "d.tif", 0) is None  # deflate: no quality
+
+
+def test_views_are_the_same_with_or_without_the_chunk_cache(tmp_path, synthetic, monkeypatch):
+    from msn_cli.io import views
+
+    rec = tiled(tmp_path, synthetic, "jpeg").slide("s")
+    monkeypatch.setattr(views, "_cache", views.ChunkCache(0))  # off: zarr reads every view
+    fields = (*IMAGES, *LABELS)
+    ref = {k: rec.read(k, slice(None)) for k in fields}
+    pick = np.sort(np.random.default_rng(0).permutation(rec.n_patches)[:40])
+    for budget in (1 << 30, P * P * 3):  # everything fits / one chunk at a time
+        monkeypatch.setattr(views, "_cache", views.ChunkCache(budget))
+        for _ in range(2):  # cold, then warm
+            for k in fields:
+                np.testing.assert_array_equal(rec.read(k, pick), ref[k][pick], err_msg=k)
+        assert 0 < views.cache().size <= budget

@@ -224,24 +224,26 @@ class SlideRecord:
         return self._table[name]
 
     def _views(self, name: str, index) -> np.ndarray:
+        from msn_cli.io.views import read_views
+
         single = isinstance(index, int | np.integer)
-        idx = np.arange(self.n_patches)[index]
-        idx = np.atleast_1d(idx)
+        idx = np.atleast_1d(np.arange(self.n_patches)[index])
         b = (IMAGES if name in IMAGES else LABELS).index(name)
-        arr = self.group[name]
-        p = self.layout.patch_size
-        out = np.empty((len(idx), p, p, *arr.shape[2:]), dtype=np.uint8)
-        if len(idx):
-            o = self.table("origins")[idx, b].astype(np.int64)
-            g = self.table("grid")[idx]
-            breaks = np.flatnonzero((np.diff(g[:, 1]) != 0) | (np.diff(g[:, 0]) != 1)) + 1
-            for run in np.split(np.arange(len(idx)), breaks):
-                x0, y0 = int(o[run[0], 0]), int(o[run[0], 1])
-                region = arr[y0 : y0 + p, x0 : int(o[run[-1], 0]) + p]
-                for k in run:
-                    dx = int(o[k, 0]) - x0
-                    out[k] = region[:, dx : dx + p]
+        lay = self.layout
+        origins = self.table("origins")[idx, b].astype(np.int64)
+        out = read_views(
+            self.group[name], (*self.cache_key, name), lay.chunk, lay.patch_size, origins,
+            self.table("grid")[idx],
+        )  # fmt: skip
         return out[0] if single else out
+
+    @property
+    def cache_key(self) -> tuple:
+        """Names this slide's content in the decoded-chunk cache (:mod:`msn_cli.io.views`)."""
+        import json
+
+        where = str(getattr(self.group.store, "root", self.group.store))
+        return (where, self.group.path, self.fingerprint, json.dumps(self.attrs, sort_keys=True))
 
 
 class PatchStore:

@@ -28,6 +28,7 @@ def store_info(url: str) -> dict[str, Any]:
                 "size": list(rec.size),
                 "mpp": rec.mpp,
                 "source": rec.source,
+                "codecs": _codecs(rec),
             }
         )
         if not rec.complete:
@@ -53,3 +54,11 @@ def store_info(url: str) -> dict[str, Any]:
         "ignored_fraction": ignored / (labelled + ignored) if labelled + ignored else 0.0,
         "slides": slides,
     }
+
+
+def _codecs(rec) -> list[str] | None:
+    """The image codec of x1, x2, x3 (None for a slide killed before its layout was written)."""
+    try:
+        return [img.codec for img in rec.layout.images]
+    except (KeyError, TypeError, ValueError):
+        return None
