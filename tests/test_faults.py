@@ -67,7 +67,8 @@ def store_arrays(url: Path, name: str) -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def tile_case(tmp_path_factory):
-    """Two 1024x512 slides (8 shards of 64 patches each), a manifest, a reference store."""
+    """Two 1024x512 slides (11 label shards each: X3 1, X2 2, X1 8), a manifest, a reference
+    store."""
     d = tmp_path_factory.mktemp("tile-faults")
     sq = np.array([[100, 80], [700, 80], [700, 400], [100, 400]], float)
     rows = ["slide,annotations,split"]
@@ -88,8 +89,8 @@ def tile_case(tmp_path_factory):
 def test_tile_sigkill_at_a_random_shard_then_rerun(tile_case, tmp_path, seed):
     d, args, ref = tile_case
     url = tmp_path / "killed.zarr"
-    n = kill_point(seed, range(1, 16))  # 16 shards in all; y3 is the last array of a shard
-    kill_after([*args, "--store", url], FilesSeen(url, "__partial__*/y3/c/*"), n)
+    n = kill_point(seed, range(1, 22))  # 22 label shards in all, each after its image shard
+    kill_after([*args, "--store", url], FilesSeen(url, "__partial__*/y?/c/*/*"), n)
     # At the kill moment the store lists only complete slides, each exactly as it will end.
     listed = PatchStore.open(url).slides(complete_only=False)
     assert all(r.complete for r in listed)
@@ -283,7 +284,7 @@ def test_train_meta_while_tile_adds_a_slide_sees_only_complete_slides(
         return ds
 
     try:
-        first_shard = FilesSeen(url, "__partial__B/y3/c/*")
+        first_shard = FilesSeen(url, "__partial__B/y?/c/*/*")
         while proc.poll() is None and first_shard() < 1:
             pass
         proc.send_signal(signal.SIGSTOP)

@@ -14,7 +14,7 @@ import zarr
 from slides import pattern, write_pyramid
 
 from msn_cli.io import annotations as ann
-from msn_cli.io.jpegq import ijg_quality, level_jpeg_quality, luma_table
+from msn_cli.io.jpegq import ijg_quality, level_jpeg, level_jpeg_quality, luma_table, subsampling
 from msn_cli.io.patches import Levels, PatchGeometry, extract
 from msn_cli.io.slide import open_slide
 from msn_cli.io.store import IMAGES, LABELS, PatchStore
@@ -212,6 +212,9 @@ def test_jpeg_quality_is_read_back_from_the_tables(tmp_path, quality):
     path = tmp_path / "q.tif"
     write_pyramid(path, pattern(256, 256), downsamples=(1, 4), compression="jpeg", quality=quality)
     assert level_jpeg_quality(path, 0) == level_jpeg_quality(path, 1) == quality
+    assert level_jpeg(path, 0) == (quality, "420")  # tifffile's YCbCr JPEG default
+    for sub in ("444", "420"):
+        assert subsampling(imagecodecs.jpeg8_encode(img, level=quality, subsampling=sub)) == sub
     assert level_jpeg_quality(tmp_path / "missing.tif", 0) is None
     write_pyramid(tmp_path / "d.tif", pattern(64, 64), downsamples=(1,))
     assert level_jpeg_quality(tmp_path / "d.tif", 0) is None  # deflate: no quality
