@@ -160,6 +160,13 @@ def tile(
         workers,
         image_codec(codec, lossless),
     )
+    from msn_cli.io.annotations import annotations_beside
+    from msn_cli.io.guard import refuse_overwrite
+
+    inputs = [manifest, *(j.slide for j in jobs), *(j.labels for j in jobs)]
+    inputs += [a for j in jobs for a in annotations_beside(j.slide)]
+    data = [j.slide.parent / j.slide.stem for j in jobs]  # MRXS data folders
+    refuse_overwrite([("--store", store)], files=inputs, folders=[d for d in data if d.is_dir()])
     results = run_tile(store, jobs, config)
     from msn_cli.report import print_tile_results
 

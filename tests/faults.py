@@ -181,3 +181,14 @@ def run_measured(*args: object, timeout: float = 60.0) -> Measured:
 def error_lines(stderr: str) -> list[str]:
     """The non-empty lines of ``stderr``."""
     return [line for line in stderr.splitlines() if line.strip()]
+
+
+def file_sums(folder: Path) -> dict[str, str]:
+    """SHA-256 of every file under ``folder``, by relative path: "nothing here changed"."""
+    import hashlib
+
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(Path(folder).rglob("*"))
+        if p.is_file()
+    }

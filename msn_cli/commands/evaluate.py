@@ -181,6 +181,7 @@ def evaluate(
     `msn evaluate --compare ckpt/memrm ckpt_unet/meta --curve x1 --labels MSN,U-Net --plot f5.png`
     """
     from msn_cli.evaluation import report
+    from msn_cli.io.guard import refuse_overwrite
     from msn_cli.stages import evaluate as stage
 
     slide_mode = pred is not None or manifest is not None
@@ -204,6 +205,7 @@ def evaluate(
         names = _names(labels) if labels else None
         if names is not None and len(names) != len(runs):
             raise MsnUsageError("--labels", f"{len(names)} label(s) for {len(runs)} run(s)")
+        refuse_overwrite([("--csv", csv), ("--markdown", markdown), ("--plot", plot)], runs)
         if curve is not None:
             if columns is not None:
                 raise MsnUsageError("--columns", "not with --curve (its columns are the runs)")
@@ -230,6 +232,8 @@ def evaluate(
             if truth is None:
                 raise MsnUsageError("--truth", "--pred needs --truth (annotations or label mask)")
             pairs = [stage.SlidePair(pred, truth, slide)]  # type: ignore[arg-type]
+        ins = [manifest, *(f for p in pairs for f in (p.pred, p.truth, p.slide))]
+        refuse_overwrite([("--json", json_out), ("--csv", csv), ("--markdown", markdown)], ins)
         if classes is not None:
             names = parse_classes(classes)
         else:
@@ -251,6 +255,13 @@ def evaluate(
     if split not in SPLITS:
         raise MsnUsageError("--split", f"{split!r} is not one of {', '.join(SPLITS)}")
     parse_device(device)
+    ck = Path(checkpoints)
+    model = [ck, ck / "model.json", *(ck / s / "weights.pt" for s in ("meta", "memrm", "fusion"))]
+    refuse_overwrite(
+        [("--json", json_out), ("--csv", csv), ("--markdown", markdown), ("--figures", figures)],
+        files=model,
+        folders=[store],
+    )
     if workers is None:
         import os
 

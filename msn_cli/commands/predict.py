@@ -105,6 +105,7 @@ def predict(
     expected = parse_classes(classes) if classes else None
     folder = len(paths) > 1 or out.is_dir() or out.suffix.lower() not in MASK_SUFFIXES
     jobs = [_job(p, out, folder, probabilities, geojson, overlay) for p in paths][index::count]
+    _refuse_overwriting_inputs(jobs, Path(checkpoints), manifest)
     config = PredictConfig(
         checkpoints=Path(checkpoints),
         branch=branch,
@@ -127,6 +128,25 @@ def predict(
         error(r.error or f"{r.slide}: failed")
     if failed:
         raise typer.Exit(1)
+
+
+def _refuse_overwriting_inputs(jobs, checkpoints: Path, manifest: Path | None) -> None:
+    """No mask, probability map, GeoJSON or overlay may land on a slide, the annotations
+    beside it, the manifest or the checkpoints (one line, before any work)."""
+    from msn_cli.io.annotations import annotations_beside
+    from msn_cli.io.guard import refuse_overwrite
+
+    model = [checkpoints, checkpoints / "model.json"]
+    model += [checkpoints / s / "weights.pt" for s in ("meta", "memrm", "fusion", "experts")]
+    for job in jobs:
+        outputs = [("--out", job.out), ("--probabilities", job.probabilities),
+                   ("--geojson", job.geojson), ("--overlay", job.overlay)]  # fmt: skip
+        data = job.slide.parent / job.slide.stem  # an MRXS slide's data folder
+        refuse_overwrite(
+            outputs,
+            files=[job.slide, *annotations_beside(job.slide), manifest, *model],
+            folders=[data] if data.is_dir() else [],
+        )
 
 
 def _job(slide: Path, out: Path, folder: bool, probs, geojson, overlay):

@@ -65,8 +65,14 @@ def _config(cls, values: dict):
     """The stage config ``cls`` from a command's parameters (``locals()``)."""
     from dataclasses import fields
 
+    from msn_cli.io.guard import refuse_overwrite
+
     parse_device(values["device"])
     values = dict(values)
+    experts = [e.strip() for e in str(values.get("experts") or "").split(",") if e.strip()]
+    refuse_overwrite(
+        [("--checkpoints", values["checkpoints"])], folders=[values["store"], *experts]
+    )
     val = values.get("val_split")
     values["val_split"] = None if val is None or val.strip().lower() in ("none", "") else val
     names = {f.name for f in fields(cls)}

@@ -271,14 +271,21 @@ def find_annotations(slide_path: str | os.PathLike[str]) -> Path | None:
     Tried in that order, first with the full stem (``a.ome`` for ``a.ome.tiff``), then with the
     part of the name before the first dot (``a``). Returns None when none exists.
     """
+    found = annotations_beside(slide_path)
+    return found[0] if found else None
+
+
+def annotations_beside(slide_path: str | os.PathLike[str]) -> list[Path]:
+    """Every existing label file :func:`find_annotations` would consider, in its order."""
     p = Path(slide_path)
     stems = dict.fromkeys([p.stem, p.name.split(".")[0]])
+    found = []
     for stem in stems:
         for name in (f"{stem}.geojson", f"{stem}.xml", *(f"{stem}_mask{s}" for s in MASK_SUFFIXES)):
             cand = p.with_name(name)
-            if cand != p and cand.is_file():
-                return cand
-    return None
+            if cand != p and cand.is_file() and cand not in found:
+                found.append(cand)
+    return found
 
 
 def open_labels(

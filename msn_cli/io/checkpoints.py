@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -205,6 +206,24 @@ class CheckpointDir:
     def completed(self) -> tuple[str, ...]:
         return tuple(s for s in STAGES if self.stage(s).complete)
 
+    def base_of(self, name: str) -> dict[str, str]:
+        """SHA-256 of the weights of every finished stage before ``name``: what it builds on."""
+        earlier = STAGES[: STAGES.index(name)]
+        return {s: weights_sha256(self.stage(s).weights) for s in earlier if self.stage(s).complete}
+
+    def check_base(self, name: str, base: dict[str, str], where: Path | None = None) -> None:
+        """Refuse stage ``name`` when an earlier stage's weights changed since it was built
+        (``base``: what it recorded): it is stale, and only retraining mends it."""
+        for earlier, digest in base.items():
+            weights = self.stage(earlier).weights
+            if not weights.is_file() or weights_sha256(weights) != digest:
+                raise MsnError(
+                    where or self.stage(name).dir,
+                    f"stage '{name}' is stale: it was trained on other '{earlier}' weights "
+                    f"({earlier}/weights.pt has changed since); retrain it with "
+                    f"`{COMMANDS[name]} --restart`",
+                )
+
     def load_model(self, device: Any = "cpu", stages: tuple[str, ...] | None = None):
         """Rebuild the model and load every finished stage's weights (or ``stages``).
 
@@ -222,6 +241,9 @@ class CheckpointDir:
             st = self.stage(name)
             if not st.complete:
                 raise MsnError(st.dir, f"stage '{name}' has not finished; run `{COMMANDS[name]}`")
+            recorded = (st.read_config() or {}).get("base")
+            if isinstance(recorded, dict):
+                self.check_base(name, recorded)
             part = model.stage_part(name)
             state = st.load(st.weights)
             try:
@@ -230,6 +252,22 @@ class CheckpointDir:
                 first = " ".join(str(exc).split())[:300]  # torch's message spans many lines
                 raise MsnError(st.weights, f"weights do not fit model.json: {first}") from exc
         return model.to(device).eval(), tuple(wanted)
+
+
+_digests: dict[tuple[str, int, int], str] = {}
+
+
+def weights_sha256(path: Path) -> str:
+    """SHA-256 of a weights file (remembered per path, size and modification time)."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _digests:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        _digests[key] = h.hexdigest()
+    return _digests[key]
 
 
 def load_checkpoint_file(path: str | os.PathLike[str]) -> Any:

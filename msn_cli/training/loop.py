@@ -69,7 +69,8 @@ class StageRun:
     """One stage's run in a checkpoint directory: config, resume, per-epoch checkpoints."""
 
     def __init__(self, ck: CheckpointDir, name: str, ctx: Context, config: dict[str, Any]):
-        self.ck, self.ctx, self.config = ck, ctx, config
+        # ``base``: the SHA-256 of every earlier stage's weights this stage is built on.
+        self.ck, self.ctx, self.config = ck, ctx, {**config, "base": ck.base_of(name)}
         self.stage = ck.stage(name)
         self.name = name
         self.history: list[dict[str, Any]] = []
@@ -93,10 +94,12 @@ class StageRun:
         if state is None:
             return None
         saved = dict(state.get("config", {}))
+        if "base" in saved:  # (checkpoints of msn 0.1 record no base)
+            self.ck.check_base(self.name, saved["base"], self.stage.last)
         diff = sorted(
             k
             for k in set(saved) | set(self.config)
-            if k not in RESUMABLE and saved.get(k) != self.config.get(k)
+            if k not in RESUMABLE | {"base"} and saved.get(k) != self.config.get(k)
         )
         if diff:
             k = diff[0]
