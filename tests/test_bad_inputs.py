@@ -9,6 +9,7 @@ is a path whose parent is a regular file.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import struct
@@ -305,3 +306,128 @@ def test_checkpoints_of_another_class_set_or_patch_size(msn_invoke, trained, tmp
     problem = "model has classes" if change == "classes" else "model has patch_size 32, not 64"
     one_error(r.stderr, ck, "do not match", problem)
     assert tree_digest(ck) == before
+
+
+# -- probed defects: each input keeps its checksum, one line, the exit code --------------------
+
+
+def _unchanged(*paths):
+    return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}
+
+
+def test_manifest_with_extra_fields_or_a_slide_twice_is_one_line(msn_invoke, tmp_path):
+    _slide(tmp_path, "a"), _slide(tmp_path, "b")
+    (tmp_path / "a.geojson").write_text(json.dumps([_feature(SQUARE)]))
+    (tmp_path / "b.geojson").write_text(json.dumps([_feature(SQUARE)]))
+    cases = {
+        "extra.csv": ("slide,annotations,split\na.tif,,train,oops\n", "line 2: 1 more field(s)"),
+        "twice.csv": ("slide,split\na.tif,train\nb.tif,test\n./a.tif,test\n", "line 4: ./a.tif"),
+    }
+    for name, (text, why) in cases.items():
+        manifest = tmp_path / name
+        manifest.write_text(text)
+        before = _unchanged(manifest, tmp_path / "a.tif")
+        r = msn_invoke("tile", "--manifest", manifest, "--store", tmp_path / "st.zarr", *TILE)
+        assert r.exit_code == 1, r.output
+        one_error(r.stderr, manifest, why)
+        assert _unchanged(manifest, tmp_path / "a.tif") == before
+    # A trailing comma (an empty extra field) is harmless.
+    (tmp_path / "trailing.csv").write_text("slide,annotations,split\na.tif,,train,\n")
+    r = msn_invoke("tile", "--manifest", tmp_path / "trailing.csv", "--store", tmp_path / "t.zarr",
+                   *TILE)  # fmt: skip
+    assert r.exit_code == 0, r.output
+
+
+@pytest.mark.parametrize("depth", [800, 100_000])
+def test_deeply_nested_geojson_is_one_line(msn_invoke, tmp_path, depth):
+    slide = _slide(tmp_path)
+    labels = tmp_path / "s.geojson"
+    geometry = '{"type": "Polygon", "coordinates": ' + "[" * depth + "]" * depth + "}"
+    props = '"properties": {"classification": {"name": "benign"}}'
+    labels.write_text('[{"type": "Feature", ' + props + ', "geometry": ' + geometry + "}]")
+    before = _unchanged(labels, slide)
+    r = msn_invoke("tile", slide, "--store", tmp_path / "st.zarr", *TILE)
+    assert r.exit_code == 1, r.output
+    one_error(r.stderr, labels)
+    assert _unchanged(labels, slide) == before
+
+
+@pytest.mark.parametrize("coordinate", [1e19, 1e300, -5e9])
+def test_coordinates_far_outside_any_slide_are_one_line(msn_invoke, tmp_path, coordinate):
+    slide = _slide(tmp_path)
+    far = {"type": "Polygon", "coordinates": [[[0, 0], [coordinate, 0], [50, 50], [0, 0]]]}
+    labels = tmp_path / "s.geojson"
+    labels.write_text(json.dumps([_feature(SQUARE), _feature(far)]))
+    r = msn_invoke("tile", slide, "--store", tmp_path / "st.zarr", *TILE)
+    assert r.exit_code == 1, r.output
+    one_error(r.stderr, labels, "far outside any slide")
+    xml = tmp_path / "x.xml"
+    xml.write_text(
+        '<ASAP_Annotations><Annotations><Annotation Name="a" Type="Polygon" '
+        'PartOfGroup="benign"><Coordinates><Coordinate Order="0" X="0" Y="0"/>'
+        f'<Coordinate Order="1" X="{coordinate!r}" Y="0"/><Coordinate Order="2" X="9" Y="9"/>'
+        "</Coordinates></Annotation></Annotations></ASAP_Annotations>"
+    )
+    r = msn_invoke("tile", slide, "--annotations", xml, "--store", tmp_path / "x.zarr", *TILE)
+    assert r.exit_code == 1, r.output
+    one_error(r.stderr, xml, "far outside any slide")
+
+
+def test_a_partial_mask_values_map_is_refused_whichever_value_is_left_out(msn_invoke, tmp_path):
+    from PIL import Image
+
+    slide = _slide(tmp_path)
+    mask = np.zeros((256, 256), np.uint8)
+    mask[64:192, 64:192] = 255
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    args = ("tile", slide, "--mask", tmp_path / "m.png", "--classes", "normal,lesion", *TILE)
+    for values, missing in (("0:normal", 255), ("255:lesion", 0)):
+        r = msn_invoke(*args, "--mask-values", values, "--store", tmp_path / "st.zarr")
+        assert r.exit_code == 1, r.output
+        one_error(r.stderr, f"mask value {missing} is not in --mask-values", f"{missing}:ignore")
+    r = msn_invoke(*args, "--mask-values", "0:normal,255:ignore", "--store", tmp_path / "ok.zarr")
+    assert r.exit_code == 0, r.output
+    y1 = PatchStore.open(tmp_path / "ok.zarr").slide("s").read("y1", slice(None))
+    assert set(np.unique(y1)) == {0, 255}
+
+
+def test_a_16_bit_grey_png_keeps_its_contrast(msn_invoke, tmp_path):
+    from PIL import Image
+
+    grey = (np.add.outer(np.arange(256), np.arange(256)) * 128).astype(np.uint16)  # 0..65280
+    Image.fromarray(grey).save(tmp_path / "g.png")
+    assert Image.open(tmp_path / "g.png").mode == "I;16"
+    (tmp_path / "g.geojson").write_text(json.dumps([_feature(SQUARE)]))
+    r = msn_invoke("tile", tmp_path / "g.png", "--store", tmp_path / "st.zarr", *TILE, "--lossless")
+    assert r.exit_code == 0, r.output
+    x1 = PatchStore.open(tmp_path / "st.zarr").slide("g").read("x1", slice(None))
+    expect = np.rint(grey / 257.0).astype(np.uint8)
+    np.testing.assert_array_equal(x1[0][..., 0], expect[:64, :64])
+    assert x1.max() > 200 and x1.min() == 0  # not clipped to white
+
+
+def test_a_plain_image_over_the_pixel_cap_is_refused_before_decoding(tmp_path):
+    from PIL import Image
+
+    big = tmp_path / "big.png"
+    Image.new("L", (40000, 40000)).save(big)  # a few hundred KB on disk, 1.6 Gpx decoded
+    (tmp_path / "big.geojson").write_text(json.dumps([_feature(SQUARE)]))
+    m = run_measured("tile", big, "--store", tmp_path / "st.zarr", *TILE)
+    assert m.returncode == 1, m.stderr
+    one_error(m.stderr, big, "more than 1073741824 pixels")
+    assert m.seconds < 30 and m.max_rss_bytes < 1 << 30
+
+
+def test_asap_xml_with_a_dtd_in_bomless_utf16_is_refused(msn_invoke, tmp_path):
+    slide = _slide(tmp_path)
+    xml = tmp_path / "s.xml"
+    text = (
+        '<?xml version="1.0" encoding="UTF-16LE"?><!DOCTYPE a [<!ENTITY e "x">]>'
+        "<ASAP_Annotations><Annotations/></ASAP_Annotations>"
+    )
+    xml.write_bytes(text.encode("utf-16-le"))  # no byte-order mark
+    before = _unchanged(xml)
+    r = msn_invoke("tile", slide, "--annotations", xml, "--store", tmp_path / "st.zarr", *TILE)
+    assert r.exit_code == 1, r.output
+    one_error(r.stderr, xml, "DOCTYPE or ENTITY")
+    assert _unchanged(xml) == before

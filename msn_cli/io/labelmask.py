@@ -76,8 +76,8 @@ def parse_mask_values(
 class MaskLabels:
     """A :class:`LabelSource` backed by a label-mask image.
 
-    ``values`` maps raw mask values to class indices (see :func:`parse_mask_values`); a raw 255
-    not in ``values`` stays 255 (ignore) and any other unmapped value is an error. Without
+    ``values`` maps raw mask values to class indices (see :func:`parse_mask_values`); any raw
+    value present and not in ``values`` is an error, 255 included (map it: ``255:ignore``). Without
     ``values`` raw values are class indices, and with ``num_classes`` values ``>= num_classes``
     other than 255 are an error (raised at open for PNG, at the first region touching them for
     TIFF). Instances pickle (the TIFF is reopened lazily in the receiving process).
@@ -221,7 +221,9 @@ class MaskLabels:
                 if not (0 <= raw < _LUT_SIZE and (0 <= cls < n or cls == IGNORE)):
                     raise MsnError(self.path, f"bad mask value mapping {raw}:{cls}")
                 lut[raw], valid[raw] = cls, True
-        if not valid[IGNORE]:
+        # Raw class indices: 255 is ignore. With --mask-values every raw value present must be
+        # mapped, 255 too (``255:ignore``): a partial map is a mistake, refused like any other.
+        if self.values is None:
             lut[IGNORE], valid[IGNORE] = IGNORE, True
         return lut, valid
 
@@ -244,7 +246,11 @@ class MaskLabels:
     def _bad_value(self, v: int) -> None:
         if self.values is not None:
             known = ", ".join(str(k) for k in sorted(self.values))
-            raise MsnError(self.path, f"mask value {v} is not in --mask-values (mapped: {known})")
+            raise MsnError(
+                self.path,
+                f"mask value {v} is not in --mask-values (mapped: {known}); map it, "
+                f"e.g. {v}:ignore",
+            )
         top = 254 if self.num_classes is None else self.num_classes - 1
         raise MsnError(
             self.path,

@@ -49,6 +49,11 @@ def read_rows(
                 )
             rows = []
             for i, raw in enumerate(reader, start=2):
+                extra = [v for v in raw.pop(None, None) or [] if (v or "").strip()]
+                if extra:  # (empty extra fields, e.g. a trailing comma, are harmless)
+                    raise MsnError(
+                        path, f"line {i}: {len(extra)} more field(s) than the header {header_hint}"
+                    )
                 row = {(k or "").strip(): (v or "").strip() for k, v in raw.items()}
                 empty = [c for c in required if not row.get(c)]
                 if empty:
@@ -70,11 +75,15 @@ def resolve(manifest: str | os.PathLike[str], value: str) -> Path:
 def read_manifest(path: str | Path, required: tuple[str, ...] = ("slide",)) -> list[ManifestRow]:
     """Rows of a manifest CSV; paths resolved against its folder."""
     rows = read_rows(path, required, "slide,annotations,split", "slides")
-    return [
-        ManifestRow(
-            resolve(path, row["slide"]),
-            resolve(path, row["annotations"]) if row.get("annotations") else None,
-            row.get("split") or None,
-        )
-        for _, row in rows
-    ]
+    out, first = [], {}
+    for line, row in rows:
+        slide = resolve(path, row["slide"])
+        key = os.path.normcase(os.path.abspath(slide))
+        if key in first:
+            raise MsnError(
+                path, f"line {line}: {row['slide']} is listed again (first on line {first[key]})"
+            )
+        first[key] = line
+        labels = resolve(path, row["annotations"]) if row.get("annotations") else None
+        out.append(ManifestRow(slide, labels, row.get("split") or None))
+    return out

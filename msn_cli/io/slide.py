@@ -15,6 +15,7 @@ import hashlib
 import math
 import os
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -186,9 +187,14 @@ class ImageSlide(Slide):
         old_limit = Image.MAX_IMAGE_PIXELS
         Image.MAX_IMAGE_PIXELS = MAX_PLAIN_IMAGE_PIXELS
         try:
-            with Image.open(path) as img:
+            with warnings.catch_warnings():  # our own cap speaks instead (one line)
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                img = Image.open(path)
+            with img:
                 w, h = img.size
-                self._pixels = np.asarray(img.convert("RGB"))
+                if w * h > MAX_PLAIN_IMAGE_PIXELS:  # before decoding: Pillow only warns below 2x
+                    raise Image.DecompressionBombError(f"{w}x{h}")
+                self._pixels = _plain_rgb(img)
                 dpi = img.info.get("dpi")
         except Image.DecompressionBombError as exc:
             raise MsnError(
@@ -225,6 +231,19 @@ def _read_rgba(osr, loc: tuple[int, int], level: int, width: int, height: int) -
     lowlevel._read_region(osr._osr, ptr, loc[0], loc[1], level, width, height)
     _convert.argb2rgba(buf)
     return buf.view(np.uint8).reshape(height, width, 4)
+
+
+def _plain_rgb(img) -> np.ndarray:
+    """RGB uint8 of a plain image. Pillow's ``convert("RGB")`` clips 16- and 32-bit grey to 255
+    (a 16-bit PNG turns white): those are scaled to 8 bits instead."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        grey = np.asarray(img).astype(np.float64)
+        peak = float(grey.max()) if grey.size else 0.0
+        # 16-bit modes span 0..65535; 32-bit ones hold 8- or 16-bit data, or their own range
+        top = 65535.0 if img.mode.startswith("I;16") or 255 < peak <= 65535 else max(peak, 255.0)
+        grey8 = np.clip(np.rint(grey * (255.0 / top)), 0, 255).astype(np.uint8)
+        return np.repeat(grey8[..., None], 3, axis=2)
+    return np.asarray(img.convert("RGB"))
 
 
 def open_slide(path: str | os.PathLike[str]) -> Slide:
