@@ -431,3 +431,46 @@ def test_asap_xml_with_a_dtd_in_bomless_utf16_is_refused(msn_invoke, tmp_path):
     assert r.exit_code == 1, r.output
     one_error(r.stderr, xml, "DOCTYPE or ENTITY")
     assert _unchanged(xml) == before
+
+
+def test_slide_names_are_reversible_and_never_hidden(msn_invoke, tmp_path):
+    names = ["__old__A", "日本", "中国", "A 01", "A_01"]
+    for n in names:
+        _slide(tmp_path, n)
+        (tmp_path / f"{n}.geojson").write_text(json.dumps([_feature(SQUARE)]))
+    store = tmp_path / "st.zarr"
+    r = msn_invoke("tile", *(tmp_path / f"{n}.tif" for n in names), "--store", store, *TILE)
+    assert r.exit_code == 0, r.output
+    slides = PatchStore.open(store).slides()
+    assert len(slides) == len(names) and all(s.n_patches == 16 for s in slides)
+    assert sorted(s.source for s in slides) == sorted(str((tmp_path / f"{n}.tif").resolve())
+                                                     for n in names)  # fmt: skip
+    info = json.loads(msn_invoke("info", store, "--json").stdout)
+    assert info["splits"]["train"]["slides"] == len(names)
+
+
+def test_a_hole_outside_its_polygon_is_ignored_with_a_warning(msn_invoke, tmp_path):
+    slide = _slide(tmp_path)
+    shell = [[0, 0], [100, 0], [100, 100], [0, 100], [0, 0]]
+    inner = [[20, 20], [40, 20], [40, 40], [20, 40], [20, 20]]
+    touching = [[0, 50], [30, 50], [30, 80], [0, 80], [0, 50]]  # on the shell's edge: a hole
+    outside = [[150, 150], [200, 150], [200, 200], [150, 200], [150, 150]]
+    multi = {"type": "MultiPolygon", "coordinates": [[shell, inner, touching, outside]]}
+    labels = tmp_path / "s.geojson"
+    labels.write_text(json.dumps([_feature(multi)]))
+    before = _unchanged(labels, slide)
+    store = tmp_path / "st.zarr"
+    r = msn_invoke("tile", slide, "--store", store, *TILE, "--lossless")
+    assert r.exit_code == 0, r.output
+    warn = [line for line in r.stderr.splitlines() if line.startswith("msn: warning:")]
+    assert len(warn) == 1 and "hole not inside its polygon" in warn[0], warn
+    rec = PatchStore.open(store).slide("s")
+    centers = rec.read("centers", slice(None))
+    y1 = rec.read("y1", slice(None))
+    full = np.zeros((256, 256), np.uint8)
+    for (cx, cy), y in zip(centers.astype(int), y1, strict=True):
+        full[cy - 32 : cy + 32, cx - 32 : cx + 32] = y
+    assert (full[150:200, 150:200] == 0).all()  # the outside "hole" added no area
+    assert (full[20:40, 20:40] == 0).all() and (full[50:80, 0:30] == 0).all()  # real holes
+    assert (full[5:15, 50:95] == 1).all()
+    assert _unchanged(labels, slide) == before

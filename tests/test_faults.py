@@ -309,3 +309,43 @@ def test_train_meta_while_tile_adds_a_slide_sees_only_complete_slides(
     weights = [tmp_path / ck / "meta" / "weights.pt" for ck in ("ck", "ck-alone")]
     assert same_weights(*weights)  # trained on exactly slide A
     assert json.loads((tmp_path / "ck" / "model.json").read_text())["classes"][1] == "benign"
+
+
+def test_ctrl_c_during_training_with_loader_workers_is_interrupted_130(tmp_path):
+    """A terminal sends SIGINT to the whole process group: workers included."""
+    import time
+
+    store, ck = make_store(tmp_path / "data"), tmp_path / "ck"
+    args = ["train-meta", "--store", store, "--checkpoints", ck, "--width", "0.125",
+            "--batch-size", "4", "--workers", "2", "--threads", "1", "--device", "cpu"]  # fmt: skip
+    proc = subprocess.Popen(
+        msn(*args, "--epochs", "100"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=child_env(),
+        start_new_session=True,  # its own process group, like a terminal's foreground job
+    )
+    deadline = time.monotonic() + 120
+    epoch_one = WritesOf(ck / "meta" / "last.pt")
+    while proc.poll() is None and epoch_one() < 1:  # epoch 2 runs on persistent workers
+        assert time.monotonic() < deadline, "training did not finish its first epoch in time"
+    assert proc.poll() is None, proc.stderr.read().decode()
+    # Ctrl-C reaches every process of the group; the race that broke it is the workers
+    # reacting first. Make that order certain: the workers first, then (if still alive) msn.
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    assert len(children) >= 2, children  # the two loader workers
+    for child in children:
+        os.kill(int(child), signal.SIGINT)
+    # a dead worker is noticed at the loader's next status check (every 5 s)
+    settle = time.monotonic() + 8
+    while proc.poll() is None and time.monotonic() < settle:
+        pass
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGINT)
+    rc = proc.wait(timeout=60)
+    stderr = proc.stderr.read().decode(errors="replace")
+    proc.stderr.close()
+    assert rc == 130, stderr
+    assert stderr.strip().splitlines()[-1] == "msn: error: interrupted", stderr
+    assert "DataLoader worker" not in stderr and "Traceback" not in stderr
+    assert run(*args, "--epochs", "2").returncode == 0  # resumes from the last epoch

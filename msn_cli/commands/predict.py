@@ -152,12 +152,12 @@ def _refuse_overwriting_inputs(jobs, checkpoints: Path, manifest: Path | None) -
 def _job(slide: Path, out: Path, folder: bool, probs, geojson, overlay):
     """Output paths of one slide: the given files, or ``<folder>/<slide>.<ext>`` in folder mode
     (then --probabilities/--geojson/--overlay name folders too)."""
-    from msn_cli.io.store import slide_name
+    from msn_cli.io.store import slide_stem
     from msn_cli.stages.predict import PredictJob
 
     if not folder:
         return PredictJob(slide, out, probs, geojson, overlay)
-    stem = slide_name(slide)
+    stem = slide_stem(slide)
     return PredictJob(
         slide,
         out / f"{stem}.tif",

@@ -122,12 +122,15 @@ def evaluate_store(
     keep = set(np.unique(np.linspace(0, n - 1, show).round().astype(int)).tolist()) if show else ()
     kept: dict[str, list[np.ndarray]] = {}
     names: list[str] = []
+    from msn_cli.training.data import ignore_sigint
+
     loader = torch.utils.data.DataLoader(
         ds,
         batch_size=batch_size,
         shuffle=False,
         num_workers=workers,
         pin_memory=dev.type == "cuda",
+        worker_init_fn=ignore_sigint if workers else None,
     )
     from msn_cli.progress import progress
 

@@ -116,8 +116,33 @@ def _polygon(rings: list[np.ndarray], label: int, name: str, skips: _Skips, wher
     if not rings or len(np.unique(rings[0], axis=0)) < 3:
         skips.add("empty or degenerate polygon (fewer than 3 points)", where)
         return None
-    holes = tuple(r for r in rings[1:] if len(r) >= 3)
-    return LabelledPolygon(label=label, name=name, exterior=rings[0], holes=holes)
+    holes = []
+    for r in rings[1:]:
+        if len(r) < 3:
+            continue
+        probe = r[np.linspace(0, len(r) - 1, min(len(r), 16)).astype(int)]  # bounded memory
+        if not _inside_ring(probe, rings[0]).all():  # even-odd filling would ADD its area
+            skips.add("hole not inside its polygon (ignored)", where)
+            continue
+        holes.append(r)
+    return LabelledPolygon(label=label, name=name, exterior=rings[0], holes=tuple(holes))
+
+
+def _inside_ring(points: np.ndarray, ring: np.ndarray) -> np.ndarray:
+    """Whether each point lies inside (or on) ``ring``, by even-odd ray casting."""
+    x, y = points[:, 0][:, None], points[:, 1][:, None]
+    xa, ya = ring[:, 0][None, :], ring[:, 1][None, :]
+    xb, yb = np.roll(ring[:, 0], -1)[None, :], np.roll(ring[:, 1], -1)[None, :]
+    crosses = (ya > y) != (yb > y)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        at = xa + (y - ya) * (xb - xa) / (yb - ya)
+    inside = (crosses & (x < at)).sum(axis=1) % 2 == 1
+    # On an edge counts as inside: QuPath holes often touch their shell.
+    ex, ey, px, py = xb - xa, yb - ya, x - xa, y - ya
+    length2 = ex * ex + ey * ey
+    cross, dot = ex * py - ey * px, ex * px + ey * py
+    on_edge = (np.abs(cross) <= 1e-9 * length2) & (dot >= 0) & (dot <= length2) & (length2 > 0)
+    return inside | on_edge.any(axis=1)
 
 
 def _geometry_rings(geom: Any, path: Path, where: str, skips: _Skips) -> list[list]:
@@ -275,7 +300,10 @@ def read_annotations(
     """Polygons of a ``.geojson``/``.json`` (QuPath) or ``.xml`` (ASAP) file, by extension."""
     suffix = Path(path).suffix.lower()
     if suffix in GEOJSON_SUFFIXES:
-        return read_geojson(path, classes, aliases)
+        try:
+            return read_geojson(path, classes, aliases)
+        except RecursionError:  # e.g. GeometryCollections nested thousands deep
+            raise MsnError(path, "not valid GeoJSON: nested too deeply") from None
     if suffix in XML_SUFFIXES:
         return read_asap_xml(path, classes, aliases)
     raise MsnError(

@@ -439,16 +439,33 @@ def _quiet_temporaries():
         yield
 
 
-def slide_name(path: str | Path) -> str:
-    """The group name of a slide: its file name without the extension(s), made safe."""
+def slide_stem(path: str | Path) -> str:
+    """A slide's file name without its extension (both of ``.ome.tif``)."""
     name = Path(path).name
     for suffix in (".ome.tiff", ".ome.tif"):
         if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    else:
-        name = Path(name).stem
-    return re.sub(r"[^A-Za-z0-9._-]", "_", name) or "slide"
+            return name[: -len(suffix)]
+    return Path(name).stem
+
+
+def slide_name(path: str | Path) -> str:
+    """The group name of a slide: its file name without the extension(s), made safe and
+    reversible. Letters, digits, ``.``, ``-`` and inner ``_`` are kept; any other character,
+    and a leading ``_`` (Zarr reserves ``__`` names, msn's temporaries start with it), becomes
+    ``~`` and its UTF-8 bytes in hex, so ``日本`` and ``中国`` stay apart.
+
+    Example:
+        >>> slide_name("A 01.svs"), slide_name("__old__A.tif"), slide_name("x.ome.tiff")
+        ('A~2001', '~5F~5Fold__A', 'x')
+    """
+    name = slide_stem(path)
+    stripped = name.lstrip("_")
+    head = "~5F" * (len(name) - len(stripped))
+    body = "".join(
+        ch if re.fullmatch(r"[A-Za-z0-9._-]", ch) else "".join(f"~{b:02X}" for b in ch.encode())
+        for ch in stripped
+    )
+    return head + body or "slide"
 
 
 def _location(url: str | Path) -> str:

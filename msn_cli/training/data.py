@@ -144,6 +144,15 @@ def ordered_loader(dataset: Dataset, batch_size: int, ctx, workers: int, shard: 
     return _loader(dataset, batch_size, list(range(lo, hi)), 0, ctx, workers)
 
 
+def ignore_sigint(_worker_id: int) -> None:
+    """DataLoader workers leave Ctrl-C to the main process: a terminal sends SIGINT to the
+    whole process group, and a worker dying of it first would turn "interrupted" (exit 130)
+    into "DataLoader worker exited unexpectedly"."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _loader(dataset, batch_size, sampler, seed, ctx, workers, persistent=False) -> DataLoader:
     return DataLoader(
         dataset,
@@ -154,6 +163,7 @@ def _loader(dataset, batch_size, sampler, seed, ctx, workers, persistent=False) 
         generator=torch.Generator().manual_seed(int(seed)),
         prefetch_factor=4 if workers else None,
         persistent_workers=persistent,
+        worker_init_fn=ignore_sigint if workers else None,
     )
 
 
