@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole MSN pipeline on built-in synthetic data, small settings (about 5 minutes on 2 CPU
+# The whole MSN pipeline on built-in synthetic data, small settings (about 9 minutes on 2 CPU
 # cores). Run from the repository root: `make demo` (it sets up .venv first), or
 # `bash examples/quickstart.sh` with `msn` on PATH. Everything goes to ./demo (or $DEMO).
 #
