@@ -234,3 +234,14 @@ def test_views_are_the_same_with_or_without_the_chunk_cache(tmp_path, synthetic,
             for k in fields:
                 np.testing.assert_array_equal(rec.read(k, pick), ref[k][pick], err_msg=k)
         assert 0 < views.cache().size <= budget
+
+
+@pytest.mark.parametrize("codec", ["jpeg:90:420", "jpeg:95"])
+def test_jpeg_from_rgba_memory_is_the_same_bytes_as_from_rgb(codec):
+    from msn_cli.io.codecs import ChunkCodec
+
+    rgba = np.dstack([pattern(300, 64, seed=4), np.full((64, 300), 255, np.uint8)])
+    view = rgba[:, 20:84, :3]  # how tile slices OpenSlide's strips: RGB inside RGBA memory
+    c = ChunkCodec.parse(codec)
+    assert view.strides[1:] == (4, 1)
+    assert c.encode(view) == c.encode(np.ascontiguousarray(view))
