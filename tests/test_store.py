@@ -14,7 +14,7 @@ import zarr
 from slides import pattern, write_pyramid
 
 from msn_cli.io import annotations as ann
-from msn_cli.io.jpegq import ijg_quality, level_jpeg, level_jpeg_quality, luma_table, subsampling
+from msn_cli.io.jpegq import ijg_quality, level_jpeg, luma_table, subsampling
 from msn_cli.io.patches import Levels, PatchGeometry, extract
 from msn_cli.io.slide import open_slide
 from msn_cli.io.store import IMAGES, LABELS, PatchStore
@@ -123,7 +123,7 @@ def test_fixed_quality_and_lossless_jpegxl(tmp_path, synthetic):
         np.testing.assert_array_equal(xl.read(k, slice(None)), exact.read(k, slice(None)))
 
 
-def test_plain_zarr_reads_the_images_without_importing_msn(tmp_path, synthetic):
+def test_plain_zarr_reads_the_images_through_the_codec_entry_point(tmp_path, synthetic):
     rec = tiled(tmp_path, synthetic, "jpeg").slide("s")
     code = (
         "import sys, zarr, numpy as np; g = zarr.open_group(sys.argv[1], mode='r')['s'];"
@@ -211,13 +211,13 @@ def test_jpeg_quality_is_read_back_from_the_tables(tmp_path, quality):
     assert ijg_quality(luma_table(imagecodecs.jpeg8_encode(img, level=quality))) == quality
     path = tmp_path / "q.tif"
     write_pyramid(path, pattern(256, 256), downsamples=(1, 4), compression="jpeg", quality=quality)
-    assert level_jpeg_quality(path, 0) == level_jpeg_quality(path, 1) == quality
-    assert level_jpeg(path, 0) == (quality, "420")  # tifffile's YCbCr JPEG default
+    # tifffile's YCbCr JPEG default is 4:2:0
+    assert level_jpeg(path, 0) == level_jpeg(path, 1) == (quality, "420")
     for sub in ("444", "420"):
         assert subsampling(imagecodecs.jpeg8_encode(img, level=quality, subsampling=sub)) == sub
-    assert level_jpeg_quality(tmp_path / "missing.tif", 0) is None
+    assert level_jpeg(tmp_path / "missing.tif", 0) is None
     write_pyramid(tmp_path / "d.tif", pattern(64, 64), downsamples=(1,))
-    assert level_jpeg_quality(tmp_path / "d.tif", 0) is None  # deflate: no quality
+    assert level_jpeg(tmp_path / "d.tif", 0) is None  # deflate: no quality
 
 
 def test_views_are_the_same_with_or_without_the_chunk_cache(tmp_path, synthetic, monkeypatch):

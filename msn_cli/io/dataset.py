@@ -1,8 +1,9 @@
 """A PyTorch ``Dataset`` over one split of the patch store.
 
-Reads whole chunks (one patch of one array each), never the whole store; a DataLoader batch
-is fetched with one orthogonal selection per slide and array (``__getitems__``). Store handles
-open lazily in each DataLoader worker, so the dataset pickles cheaply.
+Each sample's fields are views cut from its slide's branch images (:meth:`SlideRecord.read`,
+through the decoded-chunk cache of :mod:`msn_cli.io.views`), never the whole store; a
+DataLoader batch is read slide by slide (``__getitems__``). Store handles open lazily in each
+DataLoader worker, so the dataset pickles cheaply.
 
 Example:
     >>> ds = PatchDataset("store.zarr", split="train")  # doctest: +SKIP

@@ -89,12 +89,6 @@ def level_jpeg(path: str | os.PathLike[str], level: int) -> tuple[int, str] | No
         return None
 
 
-def level_jpeg_quality(path: str | os.PathLike[str], level: int) -> int | None:
-    """The quality alone of :func:`level_jpeg`."""
-    found = level_jpeg(path, level)
-    return found[0] if found else None
-
-
 def _level_jpeg(path: str, level: int) -> tuple[int, str] | None:
     if path.lower().endswith((".jpg", ".jpeg")):
         with open(path, "rb") as fh:

@@ -38,6 +38,7 @@ import re
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -237,13 +238,13 @@ class SlideRecord:
         )  # fmt: skip
         return out[0] if single else out
 
-    @property
+    @cached_property
     def cache_key(self) -> tuple:
         """Names this slide's content in the decoded-chunk cache (:mod:`msn_cli.io.views`)."""
         import json
 
         where = str(getattr(self.group.store, "root", self.group.store))
-        return (where, self.group.path, self.fingerprint, json.dumps(self.attrs, sort_keys=True))
+        return (where, self.group.path, json.dumps(self.attrs, sort_keys=True))
 
 
 class PatchStore:
