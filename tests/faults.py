@@ -119,6 +119,46 @@ def kill_after(args: Sequence[object], count: Callable[[], int], n: int) -> Kill
     return Killed(proc.returncode, stderr)
 
 
+def paused_after(args: Sequence[object], count: Callable[[], int], n: int) -> subprocess.Popen:
+    """Start ``msn ARGS`` and SIGSTOP it as soon as ``count() >= n``; the caller resumes it
+    (SIGCONT) and waits for it. Fails the test if the child ends before that point."""
+    proc = subprocess.Popen(
+        msn(*args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=child_env()
+    )
+    deadline = time.monotonic() + TIMEOUT
+    while proc.poll() is None and count() < n:
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"msn {args[0]} did not reach point {n} in time")
+    proc.send_signal(signal.SIGSTOP)
+    if proc.poll() is not None:
+        raise AssertionError(f"msn {args[0]} ended before point {n}: {proc.stderr.read()!r}")
+    return proc
+
+
+def finish(proc: subprocess.Popen) -> tuple[int, str]:
+    """Resume a paused child and wait for it: its exit code and standard error."""
+    proc.send_signal(signal.SIGCONT)
+    try:
+        rc = proc.wait(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    err = proc.stderr.read().decode(errors="replace")
+    proc.stderr.close()
+    return rc, err
+
+
+def waits_for_a_lock(pid: int) -> bool:
+    """True while process ``pid`` is blocked waiting for a file lock (``/proc/locks``: ``->``)."""
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        if len(fields) > 5 and fields[1] == "->" and fields[5] == str(pid):
+            return True
+    return False
+
+
 # -- a full disk and memory use ----------------------------------------------------------------
 
 

@@ -474,3 +474,40 @@ def test_a_hole_outside_its_polygon_is_ignored_with_a_warning(msn_invoke, tmp_pa
     assert (full[20:40, 20:40] == 0).all() and (full[50:80, 0:30] == 0).all()  # real holes
     assert (full[5:15, 50:95] == 1).all()
     assert _unchanged(labels, slide) == before
+
+
+@pytest.mark.parametrize(
+    ("edit", "problem"),
+    [
+        (("model", "width", "0.25"), "model.width: expected a number, got a string"),
+        (("model", "patch_size", 1e9), "model.patch_size: expected a whole number"),
+        (("model", "patch_size", 10**9), "model.patch_size: 1000000000 is out of range"),
+        (("model", "num_classes", True), "model.num_classes: expected a whole number"),
+        (("model", "magnifications", [16, 4]), "model.magnifications: expected a list of three"),
+        (("model", "backbone", "resnet9000"), "resnet9000"),
+        ((None, "classes", "nbsi"), "classes: expected a list of class names, got a string"),
+        ((None, "classes", ["a", "a", "b", "c"]), "classes: class names repeat"),
+        ((None, "input", "x4"), "input: expected one of"),
+        ((None, "model", []), "model: expected an object, got a list"),
+    ],
+)
+@pytest.mark.parametrize("command", ["predict", "train-memrm"])
+def test_a_model_json_outside_its_schema_is_one_line(msn_invoke, trained, tmp_path, command,
+                                                      edit, problem):  # fmt: skip
+    store, source = trained
+    ck = tmp_path / "ck"
+    shutil.copytree(source, ck)
+    card = json.loads((ck / "model.json").read_text())
+    part, key, value = edit
+    (card[part] if part else card)[key] = value
+    (ck / "model.json").write_text(json.dumps(card))
+    before = tree_digest(ck)
+    if command == "predict":
+        slide = _slide(tmp_path)
+        args = ["predict", slide, "--checkpoints", ck, "--out", tmp_path / "m.tif"]
+    else:
+        args = ["train-memrm", "--store", store, "--checkpoints", ck, "--workers", "0"]
+    r = msn_invoke(*args, "--device", "cpu")
+    assert r.exit_code == 1
+    one_error(r.stderr, ck / "model.json", "not a valid msn model.json", problem)
+    assert tree_digest(ck) == before and not (tmp_path / "m.tif").exists()

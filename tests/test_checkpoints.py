@@ -102,7 +102,7 @@ def test_corrupt_or_foreign_model_json(tmp_path):
     with pytest.raises(MsnError, match="unreadable JSON"):
         ck.read_card()
     ck.model_json.write_text('{"hello": 1}')
-    with pytest.raises(MsnError, match="not an msn model.json"):
+    with pytest.raises(MsnError, match="not a valid msn model.json: schema_version"):
         ck.read_card()
     ck.model_json.write_text('{"model": {}, "classes": [], "schema_version": 99}')
     with pytest.raises(MsnError, match="schema version 99"):

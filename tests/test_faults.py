@@ -18,13 +18,26 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
 import torch
-from faults import FilesSeen, WritesOf, child_env, kill_after, kill_point, msn, run
+from faults import (
+    FilesSeen,
+    WritesOf,
+    child_env,
+    error_lines,
+    finish,
+    kill_after,
+    kill_point,
+    msn,
+    paused_after,
+    run,
+    waits_for_a_lock,
+)
 from slides import pattern, write_pyramid
 from test_predict import make_checkpoints
 from test_train_support import FAST, make_store, same_weights
@@ -309,6 +322,60 @@ def test_train_meta_while_tile_adds_a_slide_sees_only_complete_slides(
     weights = [tmp_path / ck / "meta" / "weights.pt" for ck in ("ck", "ck-alone")]
     assert same_weights(*weights)  # trained on exactly slide A
     assert json.loads((tmp_path / "ck" / "model.json").read_text())["classes"][1] == "benign"
+
+
+def test_two_tiles_of_the_same_slide_take_turns(tile_case, tmp_path):
+    """tile 1 is paused mid-slide B; tile 2 (B, then A) leaves B for later, tiles A, then waits
+    on B's lock. Resumed, both exit 0 and the store equals one uninterrupted run."""
+    d, args, ref = tile_case
+    url = tmp_path / "st.zarr"
+    (tmp_path / "m.csv").write_text(
+        "slide,annotations,split\n"
+        + "".join(f"{d / n}.tif,{d / n}.geojson,train\n" for n in ("b", "a"))
+    )
+    opts = [*args[3:], "--store", url]
+    first = paused_after(["tile", d / "b.tif", *opts], FilesSeen(url, "__partial__b/*/c/*/*"), 1)
+    second = subprocess.Popen(
+        msn("tile", "--manifest", tmp_path / "m.csv", *opts), stderr=subprocess.PIPE,
+        env=child_env(),
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not waits_for_a_lock(second.pid):
+            assert second.poll() is None, second.stderr.read().decode()
+            assert time.monotonic() < deadline, "tile 2 never waited for slide b"
+        assert [r.name for r in PatchStore.open(url).slides()] == ["a"]  # A first, B after
+    finally:
+        rc1, err1 = finish(first)
+        rc2, err2 = finish(second)
+    assert (rc1, rc2) == (0, 0), err1 + err2
+    assert [r.name for r in PatchStore.open(url).slides(complete_only=False)] == ["a", "b"]
+    for name in ("a", "b"):
+        for key, arr in store_arrays(url, name).items():
+            np.testing.assert_array_equal(arr, ref[name][key], err_msg=f"{name}/{key}")
+    leftovers = sorted(p.name for p in url.iterdir() if p.name.startswith("__"))
+    assert leftovers == ["__locks__"] and [p.name for p in (url / "__locks__").iterdir()] == [
+        "zarr.json"
+    ]
+
+
+def test_a_second_predict_onto_the_same_out_says_another_process_writes_it(predict_case, tmp_path):
+    args, ref = predict_case
+    out = tmp_path / "m.tif"
+    bands = FilesSeen(tmp_path, "m.tif.partial/band*.labels.zst", "m.tif.partial/band*.empty")
+    first = paused_after([*args, "--out", out], bands, 1)
+    try:
+        second = run(*args, "--out", out, check=False)
+    finally:
+        rc, err = finish(first)
+    assert rc == 0, err
+    assert second.returncode == 1
+    assert error_lines(second.stderr) == [
+        f"msn: error: {out}: another msn process (pid {first.pid}) is writing it; wait for it "
+        "to end or choose another --out"
+    ]
+    np.testing.assert_array_equal(tifffile.imread(out), ref)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.tif"]
 
 
 def test_ctrl_c_during_training_with_loader_workers_is_interrupted_130(tmp_path):

@@ -28,15 +28,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from msn_cli.errors import MsnError
 from msn_cli.io.atomic import atomic_write, atomic_write_json, atomic_write_text
+from msn_cli.io.card import SCHEMA_VERSION, ModelCard, parse_card
 from msn_cli.io.store import StoreSpec
 
-SCHEMA_VERSION = 1
+__all__ = ["SCHEMA_VERSION", "CheckpointDir", "ModelCard", "StageDir"]
 #: ``experts`` exists only in a directory of independent branches (``train-fusion --experts``):
 #: the three imported single-resolution experts, in place of ``meta`` and ``memrm``. The module
 #: each stage's weights belong to is ``MSN.stage_part(stage)``.
@@ -49,38 +50,6 @@ COMMANDS = {
     "experts": "msn train-fusion --experts",
     "fusion": "msn train-fusion",
 }
-
-
-@dataclass(frozen=True)
-class ModelCard:
-    """What ``model.json`` holds.
-
-    ``model`` is ``MSNConfig.to_dict()``; ``input`` the branch the meta stage was trained on
-    (``x3`` for MSN; ``x1``/``x2`` for the paper's single-resolution baselines).
-    """
-
-    model: dict[str, Any]
-    classes: list[str]
-    input: str = "x3"
-    schema_version: int = SCHEMA_VERSION
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def patch_size(self) -> int:
-        return int(self.model["patch_size"])
-
-    @property
-    def magnifications(self) -> tuple[float, ...]:
-        return tuple(float(m) for m in self.model["magnifications"])
-
-    def store_spec(self) -> StoreSpec:
-        return StoreSpec(self.patch_size, self.magnifications, tuple(self.classes))  # type: ignore[arg-type]
-
-    def config(self):
-        """The ``MSNConfig`` (imports torch)."""
-        from msn_cli.models.msn import MSNConfig
-
-        return MSNConfig.from_dict(self.model)
 
 
 class StageDir:
@@ -166,20 +135,10 @@ class CheckpointDir:
             raise MsnError(self.path, "no model.json here; run `msn train-meta` first")
         raw = _read_json(self.model_json)
         try:
-            card = ModelCard(
-                model=dict(raw["model"]),
-                classes=list(raw["classes"]),
-                input=str(raw.get("input", "x3")),
-                schema_version=int(raw["schema_version"]),
-                extra=dict(raw.get("extra", {})),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise MsnError(self.model_json, f"not an msn model.json: {exc}") from exc
-        if card.schema_version != SCHEMA_VERSION:
-            raise MsnError(
-                self.model_json,
-                f"schema version {card.schema_version}; this msn reads {SCHEMA_VERSION}",
-            )
+            card = parse_card(raw)
+            card.config()  # the model's own rules: known backbone, gap layers, size multiple
+        except ValueError as exc:
+            raise MsnError(self.model_json, f"not a valid msn model.json: {exc}") from exc
         return card
 
     def write_card(self, card: ModelCard) -> None:

@@ -58,8 +58,14 @@ SHARD_CHUNKS = 8
 _ROOT_KEY = "msn_store"
 _PARTIAL = "__partial__"
 _OLD = "__old__"
-_TEMP_PREFIXES = (_PARTIAL, _OLD)
+#: A group of lock files, one per slide being tiled (:meth:`PatchStore.slide_lock`).
+_LOCKS = "__locks__"
+_TEMP_PREFIXES = (_PARTIAL, _OLD, _LOCKS)
+_EMPTY_GROUP = {"attributes": {}, "zarr_format": 3, "node_type": "group"}
 _SLIDE_KEY = "msn_slide"
+#: The largest patch side msn accepts (``tile --patch-size``, model.json): a batch of 8 such
+#: triplets is already ~1.2 GB of float32.
+MAX_PATCH_SIZE = 4096
 
 
 @dataclass(frozen=True)
@@ -376,6 +382,24 @@ class PatchStore:
         ):
             group.create_array(key, shape=shape, chunks=rows + shape[1:], dtype=dtype)
         return SlideWriter(group, lambda: self._commit(target, name))
+
+    def slide_lock(self, name: str, wait: bool = False):
+        """An exclusive lock on slide ``name`` between processes writing this store (a
+        context manager; :class:`msn_cli.io.lock.Busy` when another holds it, unless
+        ``wait``). Stores not on the local file system are not locked."""
+        from contextlib import nullcontext
+
+        from msn_cli.io.atomic import atomic_write_json
+        from msn_cli.io.lock import exclusive
+
+        local = self._local_dir()
+        if local is None:
+            return nullcontext()
+        locks = local / _LOCKS
+        if not (locks / "zarr.json").is_file():  # an empty group, so zarr sees no stray files
+            locks.mkdir(exist_ok=True)
+            atomic_write_json(locks / "zarr.json", _EMPTY_GROUP)
+        return exclusive(locks / f"{name}.lock", wait=wait)
 
     def _local_dir(self) -> Path | None:
         """The store's folder on the local file system, or None (remote or in-memory)."""

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from msn_cli.errors import MsnError, MsnUsageError
+from msn_cli.io.lock import Busy, exclusive
 from msn_cli.io.maskwriter import read_description
 from msn_cli.io.patches import Levels, PatchGeometry, base_downsample, check_walk_options
 from msn_cli.io.slide import fingerprint, open_slide
@@ -145,13 +146,19 @@ def check_writable(path: Path) -> None:
 
 
 def predict_slide(predictor: Predictor, job: PredictJob, config: PredictConfig) -> PredictResult:
-    """Predict one slide (see the module docstring)."""
+    """Predict one slide (see the module docstring), holding ``--out``'s lock."""
     t0 = time.perf_counter()
-    slide = open_slide(job.slide)
     try:
-        return _predict_open(predictor, job, config, slide, t0)
-    finally:
-        slide.close()
+        with exclusive(job.out.with_name(f".{job.out.name}.lock")):
+            slide = open_slide(job.slide)
+            try:
+                return _predict_open(predictor, job, config, slide, t0)
+            finally:
+                slide.close()
+    except Busy as exc:
+        raise MsnError(
+            job.out, f"{exc.holder} is writing it; wait for it to end or choose another --out"
+        ) from None
 
 
 def _predict_open(predictor, job, config, slide, t0) -> PredictResult:

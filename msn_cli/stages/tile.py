@@ -23,6 +23,7 @@ from msn_cli.errors import MsnError, MsnUsageError
 from msn_cli.io import annotations as ann
 from msn_cli.io.codecs import DEFAULT_LOSSY, ChunkCodec
 from msn_cli.io.labelmask import MaskLabels
+from msn_cli.io.lock import Busy
 from msn_cli.io.patches import (
     Levels,
     PatchGeometry,
@@ -35,6 +36,7 @@ from msn_cli.io.rasterise import PolygonLabels
 from msn_cli.io.slide import fingerprint, is_copy, open_slide
 from msn_cli.io.store import (
     IGNORE_LABEL,
+    MAX_PATCH_SIZE,
     SPLITS,
     BranchImage,
     PatchStore,
@@ -99,24 +101,39 @@ def tile(store_url: str, jobs: Sequence[SlideJob], config: TileConfig) -> list[S
     """Tile every job into the store. A failing slide is reported and the others go on."""
     validate_config(config)
     store = PatchStore.create(store_url, config.spec())
-    results = []
-    for job in jobs:
-        try:
-            results.append(tile_slide(store, job, config))
-        except MsnError as exc:
-            results.append(
-                SlideResult(job.slide, slide_name(job.slide), "failed", error=str(exc), exc=exc)
-            )
-        except OSError as exc:  # the store cannot be written (disk full, ...): stop here
-            if exc.filename is None:
-                raise OSError(exc.errno, exc.strerror or str(exc), store_url) from exc
-            raise
-    return results
+    results: list[SlideResult | None] = [None] * len(jobs)
+    busy: list[int] = []
+    for i, job in enumerate(jobs):  # a slide another process is tiling waits till the end
+        results[i] = _tile_or_report(store, job, config, wait=False)
+        if results[i] is None:
+            busy.append(i)
+    for i in busy:
+        results[i] = _tile_or_report(store, jobs[i], config, wait=True)
+    return [r for r in results if r is not None]
+
+
+def _tile_or_report(store, job, config, wait: bool) -> SlideResult | None:
+    """``tile_slide``; a failure as a "failed" result; None if another process holds it."""
+    try:
+        return tile_slide(store, job, config, wait=wait)
+    except Busy as exc:
+        log.info("%s: %s is tiling it; coming back to it after the others", job.slide, exc.holder)
+        return None
+    except MsnError as exc:
+        return SlideResult(job.slide, slide_name(job.slide), "failed", error=str(exc), exc=exc)
+    except OSError as exc:  # the store cannot be written (disk full, ...): stop here
+        if exc.filename is None:
+            raise OSError(exc.errno, exc.strerror or str(exc), store.url) from exc
+        raise
 
 
 def validate_config(config: TileConfig) -> None:
     if config.patch_size < 16:
         raise MsnUsageError("--patch-size", f"{config.patch_size} is too small (at least 16)")
+    if config.patch_size > MAX_PATCH_SIZE:
+        raise MsnUsageError(
+            "--patch-size", f"{config.patch_size} is too large (at most {MAX_PATCH_SIZE})"
+        )
     check_walk_options(config.min_tissue, config.mpp)
     check_patch_size(config.patch_size, config.levels)
     ChunkCodec.parse(config.codec)
@@ -130,18 +147,34 @@ def validate_config(config: TileConfig) -> None:
         raise MsnUsageError("--classes", "need at least two distinct class names")
 
 
-def tile_slide(store: PatchStore, job: SlideJob, config: TileConfig) -> SlideResult:
-    """Tile one slide into ``store`` (see the module docstring)."""
+def tile_slide(
+    store: PatchStore, job: SlideJob, config: TileConfig, wait: bool = True
+) -> SlideResult:
+    """Tile one slide into ``store`` (see the module docstring), holding its lock: while
+    another process tiles the same slide, wait for it (then this one is usually skipped as
+    already tiled), or raise :class:`~msn_cli.io.lock.Busy` unless ``wait``."""
     t0 = time.perf_counter()
     name = slide_name(job.slide)
     split = job.split or config.split
     if split not in SPLITS:
         raise MsnError(job.slide, f"split {split!r} is not one of {', '.join(SPLITS)}")
-    slide = open_slide(job.slide)
+
+    def tile() -> SlideResult:
+        slide = open_slide(job.slide)
+        try:
+            return _tile_open_slide(store, job, config, slide, name, split, t0)
+        finally:
+            slide.close()
+
     try:
-        return _tile_open_slide(store, job, config, slide, name, split, t0)
-    finally:
-        slide.close()
+        with store.slide_lock(name):
+            return tile()
+    except Busy as exc:
+        if not wait:
+            raise
+        log.info("%s: waiting for %s to finish tiling it", job.slide, exc.holder)
+    with store.slide_lock(name, wait=True):
+        return tile()
 
 
 def _tile_open_slide(store, job, config, slide, name, split, t0) -> SlideResult:

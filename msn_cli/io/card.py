@@ -1,0 +1,179 @@
+"""``model.json``: the model card, and its schema with bounds (no torch).
+
+A card is read by every later stage and by ``predict``; a hand-edited or foreign one must
+fail in one line naming the key, never as a TypeError deep in model building, a huge
+allocation (``"patch_size": 1e9``) or one-letter classes (``"classes": "nbsi"``).
+
+Example:
+    >>> parse_card({"schema_version": 1, "classes": "nbsi",
+    ...             "model": {"backbone": "unet", "num_classes": 4, "patch_size": 64,
+    ...                       "magnifications": [4, 2, 1]}})
+    Traceback (most recent call last):
+    ...
+    ValueError: classes: expected a list of class names, got a string
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from msn_cli.io.store import MAX_PATCH_SIZE, StoreSpec
+
+SCHEMA_VERSION = 1
+#: The branches a meta stage can be trained on (``x3`` for MSN).
+INPUTS = ("x1", "x2", "x3")
+#: Most classes a label image can hold (uint8; 255 is ignore).
+MAX_CLASSES = 255
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What ``model.json`` holds.
+
+    ``model`` is ``MSNConfig.to_dict()``; ``input`` the branch the meta stage was trained on
+    (``x3`` for MSN; ``x1``/``x2`` for the paper's single-resolution baselines).
+    """
+
+    model: dict[str, Any]
+    classes: list[str]
+    input: str = "x3"
+    schema_version: int = SCHEMA_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def patch_size(self) -> int:
+        return int(self.model["patch_size"])
+
+    @property
+    def magnifications(self) -> tuple[float, ...]:
+        return tuple(float(m) for m in self.model["magnifications"])
+
+    def store_spec(self) -> StoreSpec:
+        return StoreSpec(self.patch_size, self.magnifications, tuple(self.classes))  # type: ignore[arg-type]
+
+    def config(self):
+        """The ``MSNConfig`` (imports torch)."""
+        from msn_cli.models.msn import MSNConfig
+
+        return MSNConfig.from_dict(self.model)
+
+
+def _show(v: Any) -> str:
+    kind = {str: "a string", bool: "a boolean", list: "a list", dict: "an object"}.get(type(v))
+    if v is None:
+        return "null"
+    return kind or repr(v)
+
+
+def _int(lo: int, hi: int):
+    def check(v: Any) -> str | None:
+        if isinstance(v, bool) or not isinstance(v, int):
+            return f"expected a whole number, got {_show(v)}"
+        return None if lo <= v <= hi else f"{v} is out of range [{lo}, {hi}]"
+
+    return check
+
+
+def _real(lo: float, hi: float):
+    def check(v: Any) -> str | None:
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            return f"expected a number, got {_show(v)}"
+        return None if lo <= v <= hi else f"{v:g} is out of range [{lo:g}, {hi:g}]"
+
+    return check
+
+
+def _text(v: Any) -> str | None:
+    return None if isinstance(v, str) and v else f"expected a non-empty string, got {_show(v)}"
+
+
+def _flag(v: Any) -> str | None:
+    return None if isinstance(v, bool) else f"expected true or false, got {_show(v)}"
+
+
+def _magnifications(v: Any) -> str | None:
+    if not isinstance(v, list) or len(v) != 3:
+        return f"expected a list of three numbers (X1, X2, X3), got {_show(v)}"
+    for m in v:
+        why = _real(1e-3, 1e4)(m)
+        if why:
+            return why
+    return None
+
+
+def _gap_layers(v: Any) -> str | None:
+    if v is None or (isinstance(v, list) and all(isinstance(g, str) and g for g in v)):
+        return None
+    return f"expected a list of layer names, got {_show(v)}"
+
+
+#: ``model``'s keys: a check each, and whether train-meta always writes it.
+MODEL_SCHEMA = {
+    "backbone": (_text, True),
+    "width": (_real(1 / 64, 16), False),
+    "num_classes": (_int(1, MAX_CLASSES), True),
+    "patch_size": (_int(16, MAX_PATCH_SIZE), True),
+    "magnifications": (_magnifications, True),
+    "gap_layers": (_gap_layers, False),
+    "fusion": (_text, False),
+    "meta_hidden": (_int(1, 4096), False),
+    "in_channels": (_int(1, 64), False),
+    "branches": (_text, False),
+    "tune_experts": (_flag, False),
+}
+
+
+def _classes(v: Any, num_classes: int) -> str | None:
+    if isinstance(v, str):
+        return "expected a list of class names, got a string"
+    if not isinstance(v, list) or not all(isinstance(c, str) and c.strip() for c in v):
+        return f"expected a list of non-empty class names, got {_show(v)}"
+    if len(set(v)) != len(v):
+        return f"class names repeat: {v}"
+    if len(v) != num_classes:
+        return f"{len(v)} class names for num_classes {num_classes}"
+    return None
+
+
+def parse_card(raw: Any) -> ModelCard:
+    """Validate ``model.json``'s parsed JSON against the schema; ``ValueError`` names the key.
+
+    The model's own rules (known backbone, gap layer names, patch size multiple) are checked
+    when it is built (:meth:`ModelCard.config`).
+    """
+    if not isinstance(raw, dict):
+        raise ValueError(f"expected a JSON object, got {_show(raw)}")
+    version = raw.get("schema_version")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise ValueError(f"schema_version: expected a whole number, got {_show(version)}")
+    if version != SCHEMA_VERSION:
+        raise ValueError(f"schema version {version}; this msn reads {SCHEMA_VERSION}")
+    unknown = sorted(set(raw) - {"schema_version", "model", "classes", "input", "extra"})
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown}")
+    model = raw.get("model")
+    if not isinstance(model, dict):
+        raise ValueError(f"model: expected an object, got {_show(model)}")
+    extra_keys = sorted(set(model) - set(MODEL_SCHEMA))
+    if extra_keys:
+        raise ValueError(f"model: unknown key(s) {extra_keys}")
+    for key, (check, required) in MODEL_SCHEMA.items():
+        if key not in model:
+            if required:
+                raise ValueError(f"model.{key}: missing")
+            continue
+        why = check(model[key])
+        if why:
+            raise ValueError(f"model.{key}: {why}")
+    why = _classes(raw.get("classes"), model["num_classes"])
+    if why:
+        raise ValueError(f"classes: {why}")
+    inp = raw.get("input", "x3")
+    if inp not in INPUTS:
+        raise ValueError(f"input: expected one of {list(INPUTS)}, got {_show(inp)}")
+    extra = raw.get("extra", {})
+    if not isinstance(extra, dict):
+        raise ValueError(f"extra: expected an object, got {_show(extra)}")
+    return ModelCard(dict(model), list(raw["classes"]), inp, version, dict(extra))
