@@ -27,6 +27,7 @@ from test_train_support import FAST, make_store
 from msn_cli.io.annotations import LabelledPolygon, write_geojson
 from msn_cli.io.checkpoints import CheckpointDir
 from msn_cli.io.store import PatchStore
+from msn_cli.stages.tile_write import RESAMPLE_SOURCE_PIXELS
 from msn_cli.training.config import MetaConfig
 
 TILE = ["--patch-size", "64", "--workers", "1", "--min-tissue", "0"]
@@ -511,3 +512,23 @@ def test_a_model_json_outside_its_schema_is_one_line(msn_invoke, trained, tmp_pa
     assert r.exit_code == 1
     one_error(r.stderr, ck / "model.json", "not a valid msn model.json", problem)
     assert tree_digest(ck) == before and not (tmp_path / "m.tif").exists()
+
+
+def test_a_slide_without_a_pyramid_tiles_in_the_memory_of_one_with_one(tmp_path):
+    """X1 (16x) and the tissue thumbnail come from level 0 when no coarser level exists: read
+    block by block, peak memory exceeds that of the same slide with a pyramid (same run) by at
+    most two workers' read budgets, not by the slide's size (reading it whole: over 1 GB)."""
+    image = np.tile(pattern(1024, 1024), (8, 8, 1))  # 8192 x 8192
+    for name, downsamples in (("flat", (1,)), ("pyramid", (1, 4, 16))):
+        write_pyramid(tmp_path / f"{name}.tif", image, downsamples, tile=256, compression="jpeg")
+    args = ["--patch-size", "64", "--workers", "2", "--unannotated", "normal"]
+    peak = {}
+    for name in ("flat", "pyramid"):
+        m = run_measured("tile", tmp_path / f"{name}.tif", "--store", tmp_path / f"{name}.zarr",
+                         *args, timeout=300)  # fmt: skip
+        assert m.returncode == 0, m.stderr
+        peak[name] = m.max_rss_bytes
+    budget = 2 * 2 * 5 * RESAMPLE_SOURCE_PIXELS  # workers x (RGBA + RGB + resampled) reads
+    assert peak["flat"] < peak["pyramid"] + budget, peak
+    flat, pyr = (PatchStore.open(tmp_path / f"{n}.zarr").slide(n) for n in ("flat", "pyramid"))
+    assert flat.n_patches == pyr.n_patches > 0

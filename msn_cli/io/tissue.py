@@ -25,6 +25,9 @@ LUMA_MAX = 200
 BLACK_MAX = 25
 THUMB_PER_PATCH = 8
 STRIP_PIXELS = 4 << 20
+#: The most source pixels one read may decode (a level coarser than the thumbnail's scale may
+#: be missing: a non-pyramidal slide is read at level 0, block by block).
+SOURCE_PIXELS = 16 << 20
 
 
 def tissue_mask(rgb: np.ndarray) -> np.ndarray:
@@ -36,15 +39,22 @@ def tissue_mask(rgb: np.ndarray) -> np.ndarray:
 
 
 def thumbnail_mask(slide: Slide, downsample: float) -> np.ndarray:
-    """Tissue mask of the whole slide at ``downsample``, computed strip by strip."""
+    """Tissue mask of the whole slide at ``downsample``, computed strip by strip (block by
+    block where a strip would decode more than ``SOURCE_PIXELS`` of its pyramid level)."""
     w0, h0 = slide.dimensions
     tw, th = max(1, math.ceil(w0 / downsample)), max(1, math.ceil(h0 / downsample))
-    rows = max(1, STRIP_PIXELS // tw)
+    rows, cols = max(1, STRIP_PIXELS // tw), tw
+    lv = slide.levels[slide.best_level(downsample)]
+    rel = downsample / min(lv.downsample_x, lv.downsample_y)  # level pixels per thumbnail pixel
+    if rows * cols * rel * rel > SOURCE_PIXELS:
+        rows = cols = max(1, int(math.sqrt(SOURCE_PIXELS) / rel))
     mask = np.zeros((th, tw), dtype=bool)
     for r in range(0, th, rows):
         h = min(rows, th - r)
-        strip = read_scaled(slide, 0.0, r * downsample, downsample, tw, h)
-        mask[r : r + h] = tissue_mask(strip)
+        for c in range(0, tw, cols):
+            w = min(cols, tw - c)
+            block = read_scaled(slide, c * downsample, r * downsample, downsample, w, h)
+            mask[r : r + h, c : c + w] = tissue_mask(block)
     return mask
 
 

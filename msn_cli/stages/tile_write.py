@@ -20,6 +20,9 @@ from msn_cli.io.store import IMAGES, LABELS, SHARD_CHUNKS, SlideLayout
 from msn_cli.io.walk import in_order
 from msn_cli.progress import progress
 
+#: The most level pixels one resampled read decodes (16 Mpx: 64 MB as RGBA, per worker).
+RESAMPLE_SOURCE_PIXELS = 16 << 20
+
 
 @dataclass(frozen=True)
 class Unit:
@@ -85,9 +88,11 @@ def encode_unit(slide, labels, layout: SlideLayout, u: Unit, image_codec, label_
     counts = np.zeros(256, dtype=np.int64) if u.branch == 0 else None
     rows, cols = np.nonzero(u.need)
     copied = is_copy(slide, img.origin[0], img.origin[1], img.downsample)
-    bands = [(r, r + 1) for r in np.unique(rows)] if copied else [(rows.min(), rows.max() + 1)]
-    for ra, rb in bands:
-        inside = (rows >= ra) & (rows < rb)
+    for ra, rb, ka, kb in _blocks(slide, img.downsample, rows, cols, c, copied):
+        inside = (rows >= ra) & (rows < rb) & (cols >= ka) & (cols < kb)
+        if not inside.any():
+            continue
+        ra, rb = int(rows[inside].min()), int(rows[inside].max()) + 1
         k0, k1 = int(cols[inside].min()), int(cols[inside].max()) + 1
         py = (u.shard[0] * SHARD_CHUNKS + int(ra)) * c
         px = (u.shard[1] * SHARD_CHUNKS + k0) * c
@@ -103,6 +108,24 @@ def encode_unit(slide, labels, layout: SlideLayout, u: Unit, image_codec, label_
             counts += _counts_under(lab, px, py, x1_rects, layout.patch_size)
     grid = (SHARD_CHUNKS, SHARD_CHUNKS)
     return shard_bytes(images, (*grid, 1)), shard_bytes(labs, grid), counts
+
+
+def _blocks(slide, downsample: float, rows, cols, c: int, copied: bool):
+    """The chunk blocks (row and column ranges) of a unit read at once: a copied branch one
+    chunk row at a time; a resampled one whole, unless that would decode more than
+    ``RESAMPLE_SOURCE_PIXELS`` of its level (a slide without a pyramid: X1 comes from level 0),
+    then a chunk row, or a chunk, at a time."""
+    r0, r1, k0, k1 = int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1
+    if copied:
+        return [(r, r + 1, k0, k1) for r in np.unique(rows)]
+    lv = slide.levels[slide.best_level(downsample)]
+    rel = downsample / min(lv.downsample_x, lv.downsample_y)  # level pixels per image pixel
+    chunk_src = (c * rel) ** 2
+    if (r1 - r0) * (k1 - k0) * chunk_src <= RESAMPLE_SOURCE_PIXELS:
+        return [(r0, r1, k0, k1)]
+    if (k1 - k0) * chunk_src <= RESAMPLE_SOURCE_PIXELS:
+        return [(r, r + 1, k0, k1) for r in np.unique(rows)]
+    return [(int(r), int(r) + 1, int(k), int(k) + 1) for r, k in zip(rows, cols, strict=True)]
 
 
 def _counts_under(lab: np.ndarray, px: int, py: int, rects: np.ndarray, p: int) -> np.ndarray:
