@@ -127,6 +127,35 @@ def test_random_polygons_match_brute_force(ds):
     np.testing.assert_array_equal(got, brute_force(polys, (100, 90), x0, y0, ds, h, w))
 
 
+@pytest.mark.parametrize("ds", [2.0, 3.7])
+def test_many_small_polygons_painted_at_once_match_brute_force(ds):
+    """Polygons whose windows meet no other are painted together (one pass per class); those
+    that overlap, nested ones included, still paint in file order. Both paths, one region."""
+    from msn_cli.io.rasterise import _alone
+
+    rng = np.random.default_rng(7)
+    polys = [  # a lattice of small squares and triangles, several sharing an edge
+        square(1 + (i + j) % 3, 6 * i, 6 * j, 6 * i + 4 + (i % 2) * 2, 6 * j + 4)
+        if (i * j) % 4
+        else poly(2, [(6 * i, 6 * j), (6 * i + 5, 6 * j + 1), (6 * i + 2, 6 * j + 5)])
+        for i in range(14)
+        for j in range(12)
+    ]
+    polys += [square(3, 30, 20, 52, 41, holes=[[(35, 25), (45, 25), (45, 35), (35, 35)]])]
+    polys += [poly(1, rng.uniform(0, 80, (5, 2))), square(2, 40, 30, 44, 33)]
+    x0, y0, h, w = -3.2, 1.1, int(80 / ds), int(86 / ds)
+    labels = PolygonLabels(polys, (82, 70))
+    got = labels.region(x0, y0, ds, h, w)
+    np.testing.assert_array_equal(got, brute_force(polys, (82, 70), x0, y0, ds, h, w))
+    ra = np.array([int(np.ceil((p.bounds[1] - y0) / ds - 0.5)) for p in polys])
+    rb = np.array([int(np.ceil((p.bounds[3] - y0) / ds - 0.5)) for p in polys])
+    ca = np.array([int(np.ceil((p.bounds[0] - x0) / ds - 0.5)) for p in polys])
+    cb = np.array([int(np.ceil((p.bounds[2] - x0) / ds - 0.5)) for p in polys])
+    alone = _alone(ra, rb, ca, cb)
+    assert alone.sum() > 50 and (~alone).sum() >= 3  # both paths really ran
+    assert not alone[-3:].any()  # the big square, the random pentagon, the last square
+
+
 def test_outside_image_is_ignore_and_background_choice():
     p = [square(1, -5, -5, 5, 5)]
     y = PolygonLabels(p, (10, 8)).region(-2, -2, 1, 12, 14)

@@ -21,6 +21,7 @@ emitted as :class:`AnnotationWarning` through :func:`warnings.warn`, one per kin
 from __future__ import annotations
 
 import json
+import math
 import os
 import warnings
 import xml.etree.ElementTree as ET
@@ -84,6 +85,9 @@ class _Skips:
             warnings.warn(msg, AnnotationWarning, stacklevel=3)
 
 
+_NUM = (int, float)  # exact types: JSON's numbers, never its booleans
+
+
 def _is_num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
@@ -95,15 +99,19 @@ MAX_COORDINATE = 1e9
 
 def _ring(coords: Any, path: Path, where: str) -> np.ndarray:
     if not isinstance(coords, list) or not all(
+        type(p) is list and len(p) >= 2 and type(p[0]) in _NUM and type(p[1]) in _NUM
+        for p in coords
+    ) and not all(
         isinstance(p, (list, tuple)) and len(p) >= 2 and _is_num(p[0]) and _is_num(p[1])
         for p in coords
     ):
         raise MsnError(path, f"{where}: bad coordinates (expected a ring [[x, y], ...])")
     arr = np.array([p[:2] for p in coords], dtype=np.float64).reshape(-1, 2)
-    if not np.isfinite(arr).all():
+    lo, hi = (float(arr.min()), float(arr.max())) if len(arr) else (0.0, 0.0)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
         raise MsnError(path, f"{where}: non-finite coordinate")
-    if len(arr) and np.abs(arr).max() >= MAX_COORDINATE:
-        far = float(np.abs(arr).max())
+    if max(-lo, hi) >= MAX_COORDINATE:
+        far = max(-lo, hi)
         raise MsnError(
             path,
             f"{where}: coordinate {far:g} is far outside any slide (level-0 pixels must be "
@@ -112,8 +120,21 @@ def _ring(coords: Any, path: Path, where: str) -> np.ndarray:
     return arr
 
 
+def _three_distinct(ring: np.ndarray) -> bool:
+    """Whether ``ring`` has at least three distinct points (no sort: 111k polygons parse fast)."""
+    if len(ring) < 3:
+        return False
+    a, b, c = ring[:3].tolist()
+    if a != b and b != c and a != c:
+        return True
+    other = (ring != ring[0]).any(axis=1)
+    if not other.any():
+        return False
+    return bool((other & (ring != ring[other.argmax()]).any(axis=1)).any())
+
+
 def _polygon(rings: list[np.ndarray], label: int, name: str, skips: _Skips, where: str):
-    if not rings or len(np.unique(rings[0], axis=0)) < 3:
+    if not rings or not _three_distinct(rings[0]):
         skips.add("empty or degenerate polygon (fewer than 3 points)", where)
         return None
     holes = []
@@ -194,6 +215,7 @@ def read_geojson(
             "or a list of features)",
         )
     out, skips = [], _Skips(path)
+    known: dict[str, int] = {}  # class name -> label, matched once per name
     for i, f in enumerate(features):
         where = f"feature {i}"
         if not isinstance(f, dict):
@@ -209,7 +231,9 @@ def read_geojson(
         if not isinstance(name, str) or not name.strip():
             skips.add("no classification", where)
             continue
-        label = match_class(name, classes, aliases, path, where)
+        label = known.get(name)
+        if label is None:
+            label = known[name] = match_class(name, classes, aliases, path, where)
         for rings in polys:
             if not isinstance(rings, list):
                 raise MsnError(path, f"{where}: bad polygon coordinates")

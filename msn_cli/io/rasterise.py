@@ -105,6 +105,7 @@ class LabelledPolygon:
     exterior: np.ndarray
     holes: tuple[np.ndarray, ...] = ()
     _edges: np.ndarray = field(init=False, repr=False)
+    _box: tuple[float, float, float, float] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         rings = [
@@ -115,15 +116,19 @@ class LabelledPolygon:
         object.__setattr__(self, "exterior", rings[0])
         object.__setattr__(self, "holes", tuple(rings[1:]))
         # Edges of all rings as rows (xa, ya, xb, yb), each ring closed.
-        edges = [np.hstack([r, np.roll(r, -1, axis=0)]) for r in rings if len(r)]
-        object.__setattr__(self, "_edges", np.vstack(edges) if edges else np.zeros((0, 4)))
+        edges = np.concatenate(
+            [np.concatenate([r, r[1:], r[:1]]).reshape(2, -1, 2) for r in rings if len(r)],
+            axis=1,
+        )
+        edges = edges.transpose(1, 0, 2).reshape(-1, 4)
+        object.__setattr__(self, "_edges", edges)
+        lo, hi = edges[:, :2].min(axis=0).tolist(), edges[:, :2].max(axis=0).tolist()
+        object.__setattr__(self, "_box", (lo[0], lo[1], hi[0], hi[1]))
 
     @property
     def bounds(self) -> tuple[float, float, float, float]:
         """``(xmin, ymin, xmax, ymax)`` over all rings."""
-        pts = self._edges[:, :2]
-        lo, hi = pts.min(axis=0), pts.max(axis=0)
-        return float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])
+        return self._box
 
 
 def _first_index_at_or_after(v: np.ndarray | float, origin: float, step: float) -> np.ndarray:
@@ -203,6 +208,7 @@ class PolygonLabels:
         if not 0 <= self.background <= 255:
             raise ValueError(f"background must be in 0..255, got {background}")
         self._bounds = np.array([p.bounds for p in self.polygons], dtype=np.float64).reshape(-1, 4)
+        self._labels = np.array([p.label for p in self.polygons], dtype=np.int64)
 
     def region(
         self, x0: float, y0: float, downsample: float, height: int, width: int
@@ -213,27 +219,66 @@ class PolygonLabels:
         out[rows, cols] = self.background
         x1, y1 = x0 + width * downsample, y0 + height * downsample
         b = self._bounds
-        hit = (b[:, 2] >= x0) & (b[:, 0] <= x1) & (b[:, 3] >= y0) & (b[:, 1] <= y1)
-        for i in np.flatnonzero(hit):
+        hit = np.flatnonzero((b[:, 2] >= x0) & (b[:, 0] <= x1) & (b[:, 3] >= y0) & (b[:, 1] <= y1))
+        # Window of in-image output pixels whose centres can fall inside each polygon.
+        ra = np.maximum(_first_index_at_or_after(b[hit, 1], y0, downsample), rows.start)
+        rb = np.minimum(_first_index_at_or_after(b[hit, 3], y0, downsample), rows.stop)
+        ca = np.maximum(_first_index_at_or_after(b[hit, 0], x0, downsample), cols.start)
+        cb = np.minimum(_first_index_at_or_after(b[hit, 2], x0, downsample), cols.stop)
+        keep = (ra < rb) & (ca < cb)
+        hit, ra, rb, ca, cb = hit[keep], ra[keep], rb[keep], ca[keep], cb[keep]
+        alone = _alone(ra, rb, ca, cb)
+        # Polygons whose windows meet no other window can be painted in any order: one scanline
+        # pass per class over all their edges (their fills have disjoint supports, so the
+        # even-odd parity of the union is each one's own). 111k small squares: one pass, not
+        # 111k Python calls.
+        if alone.any():
+            r0, r1 = int(ra[alone].min()), int(rb[alone].max())
+            c0, c1 = int(ca[alone].min()), int(cb[alone].max())
+            group = hit[alone]
+            for label in np.unique(self._labels[group]).tolist():
+                same = group[self._labels[group] == label]
+                edges = np.concatenate([self.polygons[i]._edges for i in same])
+                ox, oy = x0 + c0 * downsample, y0 + r0 * downsample
+                mask = fill_polygon(edges, ox, oy, downsample, r1 - r0, c1 - c0)
+                out[r0:r1, c0:c1][mask] = label
+        # The rest overlap another window: painted one by one, later over earlier.
+        for i, a, b_, c, d in zip(
+            hit[~alone], ra[~alone], rb[~alone], ca[~alone], cb[~alone], strict=True
+        ):
             poly = self.polygons[i]
-            xmin, ymin, xmax, ymax = b[i]
-            # Sub-window of in-image output pixels whose centres can fall inside this polygon.
-            ra, rb = _first_index_at_or_after(np.array([ymin, ymax]), y0, downsample)
-            ca, cb = _first_index_at_or_after(np.array([xmin, xmax]), x0, downsample)
-            ra, rb = max(int(ra), rows.start), min(int(rb), rows.stop)
-            ca, cb = max(int(ca), cols.start), min(int(cb), cols.stop)
-            if ra >= rb or ca >= cb:
-                continue
-            mask = fill_polygon(
-                poly._edges,
-                x0 + ca * downsample,
-                y0 + ra * downsample,
-                downsample,
-                rb - ra,
-                cb - ca,
-            )
-            out[ra:rb, ca:cb][mask] = poly.label
+            a, b_, c, d = int(a), int(b_), int(c), int(d)
+            ox, oy = x0 + c * downsample, y0 + a * downsample
+            mask = fill_polygon(poly._edges, ox, oy, downsample, b_ - a, d - c)
+            out[a:b_, c:d][mask] = poly.label
         return out
+
+
+def _alone(ra: np.ndarray, rb: np.ndarray, ca: np.ndarray, cb: np.ndarray) -> np.ndarray:
+    """Which windows ``[ra, rb) x [ca, cb)`` share no pixel with any other window.
+
+    Coverage by a 2-D difference array over the windows' bounding box, then a summed-area
+    table of "covered twice": a window is alone when none of its pixels is. About 9 bytes a
+    pixel of that box; a few windows are simply painted one by one.
+    """
+    if len(ra) < 8:
+        return np.zeros(len(ra), dtype=bool)
+    r0, c0 = int(ra.min()), int(ca.min())
+    ra, rb, ca, cb = ra - r0, rb - r0, ca - c0, cb - c0
+    h, w = int(rb.max()), int(cb.max())
+    count = np.zeros((h + 1, w + 1), dtype=np.int32)
+    np.add.at(count, (ra, ca), 1)
+    np.add.at(count, (ra, cb), -1)
+    np.add.at(count, (rb, ca), -1)
+    np.add.at(count, (rb, cb), 1)
+    np.cumsum(count, axis=0, out=count)
+    np.cumsum(count, axis=1, out=count)
+    twice = np.zeros((h + 1, w + 1), dtype=np.int32)
+    twice[1:, 1:] = count[:h, :w] > 1
+    del count
+    np.cumsum(twice, axis=0, out=twice)
+    np.cumsum(twice, axis=1, out=twice)
+    return (twice[rb, cb] - twice[ra, cb] - twice[rb, ca] + twice[ra, ca]) == 0
 
 
 def out_of_bounds(polygons: Sequence[LabelledPolygon], image_size: tuple[int, int]) -> int:
