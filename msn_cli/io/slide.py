@@ -58,6 +58,10 @@ class Slide:
     levels: list[LevelInfo]
     mpp: float | None
     vendor: str
+    #: The scanner's objective magnification (OpenSlide's ``openslide.objective-power``).
+    objective_power: float | None = None
+    #: Names of the label, macro and thumbnail images stored beside the pyramid.
+    associated: tuple[str, ...] = ()
 
     @property
     def dimensions(self) -> tuple[int, int]:
@@ -91,7 +95,9 @@ class OpenSlideSlide(Slide):
         w0, h0 = osr.level_dimensions[0]
         self.levels = [LevelInfo(w, h, w0 / w, h0 / h) for (w, h) in osr.level_dimensions]
         self._ds = [float(d) for d in osr.level_downsamples]
-        self.mpp = _parse_mpp(osr.properties.get("openslide.mpp-x"))
+        self.mpp = _positive(osr.properties.get("openslide.mpp-x"))
+        self.objective_power = _positive(osr.properties.get("openslide.objective-power"))
+        self.associated = tuple(osr.associated_images)
 
     def read_level(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
         import openslide
@@ -421,7 +427,7 @@ def _is_int(v: float) -> bool:
     return abs(v - round(v)) < 1e-6
 
 
-def _parse_mpp(value) -> float | None:
+def _positive(value) -> float | None:
     try:
         mpp = float(value)
     except (TypeError, ValueError):
@@ -439,14 +445,14 @@ def _tiff_mpp(page) -> float | None:
         return None
     per_unit = num / den
     microns = {2: 25400.0, 3: 10000.0}.get(int(unit))
-    return _parse_mpp(microns / per_unit) if microns else None
+    return _positive(microns / per_unit) if microns else None
 
 
 def _dpi_to_mpp(dpi) -> float | None:
     if not dpi:
         return None
     try:
-        return _parse_mpp(25400.0 / float(dpi[0]))
+        return _positive(25400.0 / float(dpi[0]))
     except (TypeError, ValueError, ZeroDivisionError):
         return None
 
