@@ -13,10 +13,12 @@ import numpy as np
 import torch
 
 from msn_cli.errors import MsnUsageError
+from msn_cli.io.card import DEFAULT_NORMALIZE, Normalization
 
-#: Pixel normalisation of every model input: uint8 RGB -> (x/255 - MEAN) / STD.
-MEAN = (0.5, 0.5, 0.5)
-STD = (0.25, 0.25, 0.25)
+#: msn's default pixel normalisation: uint8 RGB -> (x/255 - MEAN) / STD. A checkpoint's
+#: ``model.json`` records the one its model was trained with (``ModelCard.normalize``).
+MEAN = DEFAULT_NORMALIZE.mean
+STD = DEFAULT_NORMALIZE.std
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
@@ -70,11 +72,20 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def to_input(x: torch.Tensor, device: torch.device, channels_last: bool = False) -> torch.Tensor:
-    """uint8 (B, 3, H, W) -> normalised float32 on ``device`` (transfer as uint8: 4x less)."""
+def to_input(
+    x: torch.Tensor,
+    device: torch.device,
+    channels_last: bool = False,
+    normalize: Normalization | None = None,
+) -> torch.Tensor:
+    """uint8 (B, 3, H, W) -> normalised float32 on ``device`` (transfer as uint8: 4x less).
+
+    ``normalize`` is the checkpoint's (``card.normalize``); None means msn's default.
+    """
+    norm = DEFAULT_NORMALIZE if normalize is None else normalize
     x = x.to(device, non_blocking=True).float().div_(255.0)
-    mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=device).view(1, 3, 1, 1)
+    mean = torch.tensor(norm.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(norm.std, device=device).view(1, 3, 1, 1)
     x = (x - mean) / std
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 

@@ -232,3 +232,15 @@ def file_sums(folder: Path) -> dict[str, str]:
         for p in sorted(Path(folder).rglob("*"))
         if p.is_file()
     }
+
+
+def one_error(stderr: str, *parts) -> str:
+    """The one ``msn: error:`` line of ``stderr`` (no traceback, no internal error), holding
+    each of ``parts``."""
+    lines = error_lines(stderr)
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("msn: error: ") and "Traceback" not in stderr, lines[0]
+    assert "internal error" not in lines[0], lines[0]
+    for part in parts:
+        assert str(part) in lines[0], lines[0]
+    return lines[0]

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from faults import error_lines, run_fsize_limited, run_measured
+from faults import error_lines, one_error, run_fsize_limited, run_measured
 from slides import pattern, write_pyramid
 from test_faults import tree_digest
 from test_predict import make_checkpoints
@@ -45,16 +45,6 @@ def trained(tmp_path_factory):
     train_meta(MetaConfig(store, str(d / "ck"), epochs=1, width=0.125, **tiny))
     torch.set_num_threads(n)
     return store, d / "ck"
-
-
-def one_error(stderr: str, *parts: str) -> str:
-    lines = error_lines(stderr)
-    assert len(lines) == 1, lines
-    assert lines[0].startswith("msn: error: ") and "Traceback" not in stderr, lines[0]
-    assert "internal error" not in lines[0], lines[0]
-    for part in parts:
-        assert str(part) in lines[0], lines[0]
-    return lines[0]
 
 
 def a_file(tmp_path):

@@ -105,6 +105,18 @@ def train_meta(
     input: Annotated[
         str, typer.Option("--input", help="x3 (MSN's meta-branch) or x1/x2 (a baseline).")
     ] = "x3",
+    pretrained: Annotated[
+        str | None,
+        typer.Option(
+            "--pretrained",
+            metavar="imagenet|PATH",
+            help="Start the backbone's ResNet from ImageNet weights: imagenet (torchvision's "
+            "file in $TORCH_HOME/hub/checkpoints, never downloaded) or a .pth/.safetensors "
+            "state dict in torchvision or timm names. Width 1.0; inputs are then "
+            "ImageNet-normalised.",
+            show_default=False,
+        ),
+    ] = None,
     epochs: EpochsOpt = 30,
     batch_size: BatchOpt = 32,
     lr: LrOpt = 1e-4,
@@ -121,7 +133,8 @@ def train_meta(
 ) -> None:
     """Step 1: train the meta-branch on X3 (or a single-resolution baseline).
 
-    Example: `msn train-meta --store store.zarr --checkpoints ckpt --epochs 30`
+    Example: `msn train-meta --store store.zarr --checkpoints ckpt --epochs 30` ·
+    `msn train-meta --store store.zarr --checkpoints ckpt --pretrained imagenet`
     """
     from msn_cli.stages.train_meta import train_meta as run
     from msn_cli.training.config import MetaConfig

@@ -136,7 +136,7 @@ def evaluate_store(
 
     with progress(f"evaluate {split}", total=n, unit="patches") as bar, torch.inference_mode():
         for batch in loader:
-            xs = [to_input(batch[b], dev) for b in ("x1", "x2", "x3")]
+            xs = [to_input(batch[b], dev, normalize=card.normalize) for b in ("x1", "x2", "x3")]
             logits = run_branches(model, stages, card, *xs, outputs=outputs)
             preds = {o: logits[o].argmax(1).to(torch.uint8).cpu() for o in outputs}
             for o in outputs:

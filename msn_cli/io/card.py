@@ -4,6 +4,11 @@ A card is read by every later stage and by ``predict``; a hand-edited or foreign
 fail in one line naming the key, never as a TypeError deep in model building, a huge
 allocation (``"patch_size": 1e9``) or one-letter classes (``"classes": "nbsi"``).
 
+``normalize`` (``{"mean": [r, g, b], "std": [r, g, b]}``) is how every stage and ``predict``
+normalise the images; a card without it (msn before pretrained encoders) means
+:data:`DEFAULT_NORMALIZE`. ``pretrained`` records the encoder weights ``train-meta
+--pretrained`` started from (``{"source", "file", "sha256"}``) or is null.
+
 Example:
     >>> parse_card({"schema_version": 1, "classes": "nbsi",
     ...             "model": {"backbone": "unet", "num_classes": 4, "patch_size": 64,
@@ -26,6 +31,44 @@ SCHEMA_VERSION = 1
 INPUTS = ("x1", "x2", "x3")
 #: Most classes a label image can hold (uint8; 255 is ignore).
 MAX_CLASSES = 255
+#: Bounds of a recorded normalisation (pixels are in [0, 1] before it).
+MEAN_RANGE = (0.0, 1.0)
+STD_RANGE = (1e-3, 10.0)
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Pixel normalisation of every model input: uint8 RGB -> (x/255 - mean) / std.
+
+    Example:
+        >>> DEFAULT_NORMALIZE.mean, IMAGENET_NORMALIZE.std
+        ((0.5, 0.5, 0.5), (0.229, 0.224, 0.225))
+    """
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def __str__(self) -> str:
+        return f"mean {list(self.mean)}, std {list(self.std)}"
+
+
+#: msn's own normalisation (and that of every model.json without a ``normalize`` key).
+DEFAULT_NORMALIZE = Normalization((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+#: What ImageNet-pretrained weights (torchvision, timm) expect.
+IMAGENET_NORMALIZE = Normalization((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+@dataclass(frozen=True)
+class PretrainedRecord:
+    """Where a meta-branch's initial encoder weights came from (``train-meta --pretrained``).
+
+    ``source`` is ``imagenet`` or the absolute path given; ``file`` the file read;
+    ``sha256`` its digest.
+    """
+
+    source: str
+    file: str
+    sha256: str
 
 
 @dataclass(frozen=True)
@@ -33,7 +76,9 @@ class ModelCard:
     """What ``model.json`` holds.
 
     ``model`` is ``MSNConfig.to_dict()``; ``input`` the branch the meta stage was trained on
-    (``x3`` for MSN; ``x1``/``x2`` for the paper's single-resolution baselines).
+    (``x3`` for MSN; ``x1``/``x2`` for the paper's single-resolution baselines);
+    ``normalize`` how every stage normalises the images; ``pretrained`` the encoder weights
+    the meta-branch started from (None: He initialisation).
     """
 
     model: dict[str, Any]
@@ -41,6 +86,8 @@ class ModelCard:
     input: str = "x3"
     schema_version: int = SCHEMA_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
+    normalize: Normalization = DEFAULT_NORMALIZE
+    pretrained: PretrainedRecord | None = None
 
     @property
     def patch_size(self) -> int:
@@ -125,6 +172,59 @@ MODEL_SCHEMA = {
 }
 
 
+def _triple(lo: float, hi: float):
+    def check(v: Any) -> str | None:
+        if not isinstance(v, list) or len(v) != 3:
+            return f"expected a list of three numbers (R, G, B), got {_show(v)}"
+        for x in v:
+            why = _real(lo, hi)(x)
+            if why:
+                return why
+        return None
+
+    return check
+
+
+def _normalize(v: Any) -> Normalization:
+    if not isinstance(v, dict):
+        raise ValueError(f"normalize: expected an object with mean and std, got {_show(v)}")
+    unknown = sorted(set(v) - {"mean", "std"})
+    if unknown:
+        raise ValueError(f"normalize: unknown key(s) {unknown}")
+    for key, (lo, hi) in (("mean", MEAN_RANGE), ("std", STD_RANGE)):
+        if key not in v:
+            raise ValueError(f"normalize.{key}: missing")
+        why = _triple(lo, hi)(v[key])
+        if why:
+            raise ValueError(f"normalize.{key}: {why}")
+    mean, std = (tuple(float(x) for x in v[k]) for k in ("mean", "std"))
+    return Normalization(mean, std)  # type: ignore[arg-type]
+
+
+def _sha256(v: Any) -> str | None:
+    if isinstance(v, str) and len(v) == 64 and set(v) <= set("0123456789abcdef"):
+        return None
+    got = repr(v[:80]) if isinstance(v, str) else _show(v)
+    return f"expected 64 lowercase hex digits, got {got}"
+
+
+def _pretrained(v: Any) -> PretrainedRecord | None:
+    if v is None:
+        return None
+    if not isinstance(v, dict):
+        raise ValueError(f"pretrained: expected an object or null, got {_show(v)}")
+    unknown = sorted(set(v) - {"source", "file", "sha256"})
+    if unknown:
+        raise ValueError(f"pretrained: unknown key(s) {unknown}")
+    for key, check in (("source", _text), ("file", _text), ("sha256", _sha256)):
+        if key not in v:
+            raise ValueError(f"pretrained.{key}: missing")
+        why = check(v[key])
+        if why:
+            raise ValueError(f"pretrained.{key}: {why}")
+    return PretrainedRecord(v["source"], v["file"], v["sha256"])
+
+
 def _classes(v: Any, num_classes: int) -> str | None:
     if isinstance(v, str):
         return "expected a list of class names, got a string"
@@ -150,7 +250,8 @@ def parse_card(raw: Any) -> ModelCard:
         raise ValueError(f"schema_version: expected a whole number, got {_show(version)}")
     if version != SCHEMA_VERSION:
         raise ValueError(f"schema version {version}; this msn reads {SCHEMA_VERSION}")
-    unknown = sorted(set(raw) - {"schema_version", "model", "classes", "input", "extra"})
+    keys = {"schema_version", "model", "classes", "input", "extra", "normalize", "pretrained"}
+    unknown = sorted(set(raw) - keys)
     if unknown:
         raise ValueError(f"unknown key(s) {unknown}")
     model = raw.get("model")
@@ -176,4 +277,8 @@ def parse_card(raw: Any) -> ModelCard:
     extra = raw.get("extra", {})
     if not isinstance(extra, dict):
         raise ValueError(f"extra: expected an object, got {_show(extra)}")
-    return ModelCard(dict(model), list(raw["classes"]), inp, version, dict(extra))
+    normalize = _normalize(raw["normalize"]) if "normalize" in raw else DEFAULT_NORMALIZE
+    pretrained = _pretrained(raw.get("pretrained"))
+    return ModelCard(
+        dict(model), list(raw["classes"]), inp, version, dict(extra), normalize, pretrained
+    )

@@ -21,11 +21,16 @@ __all__ = ["BACKBONES", "BackboneSpec", "backbone_spec", "build_backbone"]
 
 @dataclass(frozen=True)
 class BackboneSpec:
-    """A registered backbone: its class, display name and the paper's size (4 classes)."""
+    """A registered backbone: its class, display name and the paper's size (4 classes).
+
+    ``encoder`` is the path of its torchvision-layout ResNet, the module ``train-meta
+    --pretrained`` loads ImageNet weights into (None: the backbone has none).
+    """
 
     cls: type[SegmentationBackbone]
     display_name: str
     paper_params_m: float | None
+    encoder: str | None = None
 
     @property
     def candidate_layers(self) -> tuple[str, ...]:
@@ -37,10 +42,10 @@ class BackboneSpec:
 
 
 BACKBONES: dict[str, BackboneSpec] = {
-    "bisenet": BackboneSpec(BiSeNet, "BiSeNet", 12.8),
+    "bisenet": BackboneSpec(BiSeNet, "BiSeNet", 12.8, encoder="context_path.resnet"),
     "unet": BackboneSpec(UNet, "UNet", 7.8),
-    "pspnet": BackboneSpec(PSPNet, "PSPNet", 48.8),
-    "deeplabv3plus": BackboneSpec(DeepLabV3Plus, "DeepLab-V3+", 40.9),
+    "pspnet": BackboneSpec(PSPNet, "PSPNet", 48.8, encoder="encoder"),
+    "deeplabv3plus": BackboneSpec(DeepLabV3Plus, "DeepLab-V3+", 40.9, encoder="encoder"),
 }
 
 

@@ -96,6 +96,7 @@ class ResNet(nn.Module):
         if len(dilate) != 3:
             raise ValueError(f"dilate needs 3 flags (stages 2-4), got {dilate!r}")
         kind, blocks = RESNET_DEPTHS[depth]
+        self.depth = depth
         block = BasicBlock if kind == "basic" else Bottleneck
         stem = scaled(64, width)
         self.stem = nn.Sequential(

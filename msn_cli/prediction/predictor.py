@@ -73,7 +73,11 @@ class Predictor:
         p = self.patch_size
         with torch.inference_mode(), autocast(self.device, self.amp):
             ts = [
-                to_input(torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2), self.device)
+                to_input(
+                    torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2),
+                    self.device,
+                    normalize=self.card.normalize,
+                )
                 for x in xs
             ]
             logits = run_branches(self.model, self.stages, self.card, *ts, outputs=(self.branch,))[

@@ -29,11 +29,11 @@ import torch
 from torch import nn
 
 from msn_cli.errors import MsnError
-from msn_cli.io.checkpoints import CheckpointDir, ModelCard
+from msn_cli.io.checkpoints import CheckpointDir
 from msn_cli.models.layers import upsample
 from msn_cli.runtime import seed_everything, to_input, to_target
 from msn_cli.training.alternate import train_alternating
-from msn_cli.training.cache import ArrayCache, cache_key
+from msn_cli.training.cache import ArrayCache, cache_key, normalization_part
 from msn_cli.training.common import (
     StageResult,
     adam,
@@ -100,7 +100,7 @@ def train_fusion(cfg: FusionConfig) -> StageResult:
             run.restart()
         state = run.check_resumable()
         mcfg = replace(card.config(), fusion=cfg.method, tune_experts=cfg.alternate)
-        new_card = ModelCard(mcfg.to_dict(), card.classes, card.input, extra=card.extra)
+        new_card = replace(card, model=mcfg.to_dict())
         if ctx.is_main and new_card != card:
             ck.write_card(new_card)
         ctx.barrier()
@@ -134,7 +134,7 @@ def train_fusion(cfg: FusionConfig) -> StageResult:
             )
         run.write_config(fit_patches=len(fit))
 
-        cache = _branch_cache(run, model, ds, fit, cfg, ctx, workers, frozen_stages)
+        cache = _branch_cache(run, model, ds, fit, cfg, ctx, workers, frozen_stages, new_card)
         cached_logits = "s1" in cache.arrays
         grads = [torch.from_numpy(cache.load(k)).to(ctx.device) for k in ("g1", "g2", "c1", "c2")]
         need = [] if cached_logits and cfg.method != "awmf" else list(images)
@@ -155,7 +155,7 @@ def train_fusion(cfg: FusionConfig) -> StageResult:
 
         def step(batch):
             y1 = to_target(batch["y1"], ctx.device)
-            x = [to_input(batch[k], ctx.device, ctx.channels_last) for k in need]
+            x = [to_input(batch[k], ctx.device, ctx.channels_last, card.normalize) for k in need]
             if cached_logits:
                 s = [upsample(batch[k].to(ctx.device).float(), (p, p)) for k in LOGITS]
             else:
@@ -239,7 +239,7 @@ def _branch_logits(model, x1, x2, x3) -> list[torch.Tensor]:
     return [s1, s2, meta.logits]
 
 
-def _branch_cache(run, model, ds, fit, cfg, ctx: Context, workers, frozen) -> ArrayCache:
+def _branch_cache(run, model, ds, fit, cfg, ctx: Context, workers, frozen, card) -> ArrayCache:
     """Per fit patch: low-resolution branch logits (if within budget) and σ parts."""
     p, head = ds.spec.patch_size, model.meta_branch
     with torch.no_grad():
@@ -256,8 +256,8 @@ def _branch_cache(run, model, ds, fit, cfg, ctx: Context, workers, frozen) -> Ar
         log.info("branch-logit cache over --cache-gb %g: recomputing them per batch", cfg.cache_gb)
     cache = ArrayCache(run.stage.file("cache"), arrays, n)
     weights = [run.ck.stage(s).weights for s in frozen]
-    key = cache_key(*weights, run.ck.read_card().model["gap_layers"], sorted(arrays), ds.url)
-    key = cache_key(key, ds.slide_names, fit.tolist())
+    key = cache_key(*weights, card.model["gap_layers"], sorted(arrays), ds.url)
+    key = cache_key(key, ds.slide_names, fit.tolist(), *normalization_part(card.normalize))
     if cache.valid(key):
         return cache
     if ctx.is_main:
@@ -266,7 +266,8 @@ def _branch_cache(run, model, ds, fit, cfg, ctx: Context, workers, frozen) -> Ar
     with torch.no_grad():
         for batch in ordered_loader(FitView(ds, fit), cfg.batch_size, ctx, workers):
             x1, x2, x3 = (
-                to_input(batch[k], ctx.device, ctx.channels_last) for k in ("x1", "x2", "x3")
+                to_input(batch[k], ctx.device, ctx.channels_last, card.normalize)
+                for k in ("x1", "x2", "x3")
             )
             y1 = to_target(batch["y1"], ctx.device)
             with ctx.autocast():

@@ -29,9 +29,10 @@ import torch
 from torch import nn
 
 from msn_cli.io.atomic import atomic_write_json
+from msn_cli.io.card import Normalization
 from msn_cli.io.checkpoints import CheckpointDir, ModelCard
 from msn_cli.runtime import seed_everything, to_input, to_target
-from msn_cli.training.cache import ArrayCache, cache_key
+from msn_cli.training.cache import ArrayCache, cache_key, normalization_part
 from msn_cli.training.common import (
     StageResult,
     adam,
@@ -80,6 +81,7 @@ def train_memrm(cfg: MemRMConfig) -> StageResult:
     require_msn(ck)
     checked_store(ck, cfg.store, "meta")
     card = ck.read_card()
+    norm = card.normalize  # the meta-branch's, for every input of this stage
     names = parse_gap_layers(cfg.gap_layers, _candidates(card), _defaults(card))
     ctx = make_context(cfg.device, cfg.amp, cfg.threads)
     try:
@@ -97,10 +99,11 @@ def train_memrm(cfg: MemRMConfig) -> StageResult:
             raise_usage("--holdout", "leaves no patch to train the Mem-RMs on")
 
         meta, _ = ck.load_model(ctx.device, stages=("meta",))
-        stats = _gap_analysis(run, meta, ds, fit, cfg, ctx, workers, reuse=state is not None)
+        reuse = state is not None
+        stats = _gap_analysis(run, meta, ds, fit, cfg, ctx, workers, norm, reuse=reuse)
         chosen = names or tuple(stats["chosen"])
         mcfg = replace(card.config(), gap_layers=chosen)
-        new_card = ModelCard(mcfg.to_dict(), card.classes, card.input, extra=card.extra)
+        new_card = replace(card, model=mcfg.to_dict())
         if ctx.is_main and new_card != card:
             ck.write_card(new_card)
             if ck.stage("fusion").complete:
@@ -124,7 +127,7 @@ def train_memrm(cfg: MemRMConfig) -> StageResult:
             return StageResult("memrm", run.stage.dir, 0, run.history, "already finished", ctx.rank)
         run.write_config(gap_layers_chosen=list(chosen), held_out=held, fit_patches=len(fit))
 
-        cache = _meta_feature_cache(run, model, ds, fit, cfg, ctx, workers)
+        cache = _meta_feature_cache(run, model, ds, fit, cfg, ctx, workers, norm)
         mem_keys = [f"mem_{g}" for g in chosen]
         tfields = ("x1", "x2", "y1", "y2") if cache is not None else fields
         aug = Augment(cfg.seed, flips=cfg.augment, jitter=cfg.color_jitter, images=("x1", "x2"))
@@ -141,13 +144,13 @@ def train_memrm(cfg: MemRMConfig) -> StageResult:
             val = ordered_loader(vds, cfg.batch_size, ctx, workers)
 
         def step(batch):
-            x1 = to_input(batch["x1"], ctx.device, ctx.channels_last)
-            x2 = to_input(batch["x2"], ctx.device, ctx.channels_last)
+            x1 = to_input(batch["x1"], ctx.device, ctx.channels_last, norm)
+            x2 = to_input(batch["x2"], ctx.device, ctx.channels_last, norm)
             if cache is not None:
                 memory = {g: batch[f"mem_{g}"].to(ctx.device).float() for g in chosen}
             else:
                 with torch.no_grad():
-                    x3 = to_input(batch["x3"], ctx.device, ctx.channels_last)
+                    x3 = to_input(batch["x3"], ctx.device, ctx.channels_last, norm)
                     memory = model.meta_features(x3).features
             y1, y2 = to_target(batch["y1"], ctx.device), to_target(batch["y2"], ctx.device)
             s1, s2 = step_net(x1, x2, memory)
@@ -192,7 +195,9 @@ def _defaults(card: ModelCard) -> tuple[str, ...]:
     return tuple(backbone_spec(card.model["backbone"]).default_gap_layers)
 
 
-def _gap_analysis(run: StageRun, meta, ds, fit, cfg, ctx: Context, workers, reuse: bool) -> dict:
+def _gap_analysis(
+    run: StageRun, meta, ds, fit, cfg, ctx: Context, workers, norm: Normalization, reuse: bool
+) -> dict:
     """Fig. 1 statistics (reused from ``gap_layers.json`` when resuming), top-k chosen."""
     path = run.stage.file("gap_layers.json")
     if reuse and path.is_file():
@@ -200,9 +205,8 @@ def _gap_analysis(run: StageRun, meta, ds, fit, cfg, ctx: Context, workers, reus
     n = min(cfg.analysis_patches, len(fit))
     pick = fit[np.unique(np.linspace(0, len(fit) - 1, n).round().astype(int))]
     view = FitView(ds, pick)
-    stats = layer_statistics(
-        meta.meta_branch, ordered_loader(view, cfg.batch_size, ctx, workers), ctx
-    )
+    loader = ordered_loader(view, cfg.batch_size, ctx, workers)
+    stats = layer_statistics(meta.meta_branch, loader, ctx, norm)
     nongap = cfg.gap_layers.strip().lower() == "nongap"
     stats["chosen"] = list(choose_layers(stats, cfg.top_k, lowest=nongap))
     stats["top_k"] = cfg.top_k
@@ -213,7 +217,9 @@ def _gap_analysis(run: StageRun, meta, ds, fit, cfg, ctx: Context, workers, reus
     return stats
 
 
-def _meta_feature_cache(run, model, ds, fit, cfg, ctx: Context, workers) -> ArrayCache | None:
+def _meta_feature_cache(
+    run, model, ds, fit, cfg, ctx: Context, workers, norm: Normalization
+) -> ArrayCache | None:
     """X3's gap-layer meta-features of every fit patch, computed once (float16 on disk)."""
     p = ds.spec.patch_size
     with torch.no_grad():
@@ -228,7 +234,9 @@ def _meta_feature_cache(run, model, ds, fit, cfg, ctx: Context, workers) -> Arra
         )
         return None
     weights = run.ck.stage("meta").weights
-    key = cache_key(weights, sorted(arrays), ds.url, ds.slide_names, fit.tolist())
+    key = cache_key(
+        weights, sorted(arrays), ds.url, ds.slide_names, fit.tolist(), *normalization_part(norm)
+    )
     if cache.valid(key):
         return cache
     if ctx.is_main:
@@ -237,7 +245,7 @@ def _meta_feature_cache(run, model, ds, fit, cfg, ctx: Context, workers) -> Arra
     view = FitView(dataset(cfg.store, cfg.split, ("x3",)), fit)
     with torch.no_grad():
         for batch in ordered_loader(view, cfg.batch_size, ctx, workers):
-            x3 = to_input(batch["x3"], ctx.device, ctx.channels_last)
+            x3 = to_input(batch["x3"], ctx.device, ctx.channels_last, norm)
             with ctx.autocast():
                 feats = model.meta_features(x3).features
             rows = batch["row"].numpy()

@@ -4,18 +4,27 @@
 single-resolution baselines (such a directory cannot go on to ``train-memrm``). BiSeNet's two
 auxiliary heads (deep supervision) add their cross-entropy with weight 1 in training.
 
+``--pretrained imagenet|PATH`` starts the backbone's ResNet from ImageNet weights
+(:mod:`msn_cli.models.pretrained`), read and checked before anything is written, and only when
+the stage starts afresh: a resumed run never loads them over trained weights. The model then
+takes ImageNet-normalised inputs; ``model.json`` records that (``normalize``) and the file
+(``pretrained``: source, path, SHA-256), so that every later stage normalises identically.
+
 Writes ``model.json`` (from the store: classes, patch size, magnifications; and the
-backbone, width, input), ``meta/last.pt`` after every epoch, ``meta/history.jsonl`` (loss,
-training and validation mIoU, seconds, patches/s), ``meta/curves.png``, ``meta/config.json``
-and finally ``meta/weights.pt``.
+backbone, width, input, normalisation, pretrained source), ``meta/last.pt`` after every
+epoch, ``meta/history.jsonl`` (loss, training and validation mIoU, seconds, patches/s),
+``meta/curves.png``, ``meta/config.json`` and finally ``meta/weights.pt``.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import torch
 from torch import nn
 
 from msn_cli.errors import MsnError, MsnUsageError
+from msn_cli.io.card import DEFAULT_NORMALIZE, IMAGENET_NORMALIZE
 from msn_cli.io.checkpoints import CheckpointDir, ModelCard
 from msn_cli.runtime import seed_everything, to_input, to_target
 from msn_cli.training.common import StageResult, adam, dataset, store_spec, wrap_ddp
@@ -41,6 +50,7 @@ class MetaStep(nn.Module):
 def train_meta(cfg: MetaConfig) -> StageResult:
     """Train (or resume) the meta-branch; see the module docstring."""
     from msn_cli.models.msn import MSN, MSNConfig
+    from msn_cli.models.pretrained import load_pretrained, pretrained_source
 
     cfg.validate()
     ck = CheckpointDir(cfg.checkpoints)
@@ -55,19 +65,28 @@ def train_meta(cfg: MetaConfig) -> StageResult:
         )
     except ValueError as exc:
         raise MsnUsageError("--backbone", str(exc)) from None
-    card = ModelCard(mcfg.to_dict(), list(spec.classes), input=cfg.input)
+    source = pretrained_source(cfg.pretrained, cfg.backbone, cfg.width, mcfg.in_channels)
+    normalize = DEFAULT_NORMALIZE if source is None else IMAGENET_NORMALIZE
+    card = ModelCard(mcfg.to_dict(), list(spec.classes), cfg.input, normalize=normalize)
+    _check_card(ck, card, cfg.restart, source)
+    # Pretrained weights only for a fresh start (read and checked before anything changes).
+    fresh = cfg.restart or not ck.exists() or not ck.stage("meta").last.is_file()
+    weights = load_pretrained(source, cfg.backbone, mcfg.num_classes) if source and fresh else None
+    if weights is not None:
+        card = replace(card, pretrained=weights.record)
     ctx = make_context(cfg.device, cfg.amp, cfg.threads)
     try:
-        run = StageRun(ck, "meta", ctx, cfg.to_dict())
+        run = StageRun(ck, "meta", ctx, {**cfg.to_dict(), "pretrained": source})
         if cfg.restart:
             run.restart()
-        _check_card(ck, card, cfg.restart)
         state = run.check_resumable()
         if ctx.is_main and (cfg.restart or not ck.exists() or state is None):
             ck.write_card(card)
         ctx.barrier()
         seed_everything(cfg.seed)
         model = MSN(mcfg)
+        if weights is not None and state is None:
+            weights.load_into(model.meta_branch)
         net = model.meta_branch.to(ctx.device)
         if ctx.channels_last:
             net.to(memory_format=torch.channels_last)
@@ -90,7 +109,7 @@ def train_meta(cfg: MetaConfig) -> StageResult:
             val = ordered_loader(vds, cfg.batch_size, ctx, workers)
 
         def step(batch):
-            x = to_input(batch[xk], ctx.device, ctx.channels_last)
+            x = to_input(batch[xk], ctx.device, ctx.channels_last, card.normalize)
             y = to_target(batch[yk], ctx.device)
             logits, aux = step_net(x)
             losses = {f"loss_{xk}": segmentation_loss(logits, y)}
@@ -117,7 +136,7 @@ def train_meta(cfg: MetaConfig) -> StageResult:
         ctx.close()
 
 
-def _check_card(ck: CheckpointDir, card: ModelCard, restart: bool) -> None:
+def _check_card(ck: CheckpointDir, card: ModelCard, restart: bool, source: str | None) -> None:
     """Refuse a directory that holds another model (unless --restart)."""
     if restart or not ck.exists():
         return
@@ -137,6 +156,19 @@ def _check_card(ck: CheckpointDir, card: ModelCard, restart: bool) -> None:
                 f"holds a model with {key}={old.model.get(key)!r}, not {card.model.get(key)!r}; "
                 "use another --checkpoints directory or add --restart",
             )
+    was = old.pretrained.source if old.pretrained else None
+    if was != source:
+        raise MsnError(
+            ck.model_json,
+            f"holds a model started from pretrained={was!r}, not {source!r}; use another "
+            "--checkpoints directory or add --restart",
+        )
+    if old.normalize != card.normalize:
+        raise MsnError(
+            ck.model_json,
+            f"holds a model normalising inputs with {old.normalize}, not {card.normalize}; "
+            "use another --checkpoints directory or add --restart",
+        )
     if old.classes != card.classes or old.input != card.input:
         what = "classes" if old.classes != card.classes else "input"
         raise MsnError(

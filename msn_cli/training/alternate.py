@@ -78,7 +78,10 @@ def train_alternating(run, model, card, cfg, ctx, state, scaler, workers) -> Sta
         step_net = wrap_ddp(AlternateStep(model, part == "experts"), ctx)
 
         def step(batch, step_net=step_net, part=part):
-            x = [to_input(batch[k], ctx.device, ctx.channels_last) for k in ("x1", "x2", "x3")]
+            x = [
+                to_input(batch[k], ctx.device, ctx.channels_last, card.normalize)
+                for k in ("x1", "x2", "x3")
+            ]
             y = [to_target(batch[k], ctx.device) for k in TARGETS]
             s, aux, fused = step_net(*x)
             losses = {"loss_fusion": segmentation_loss(fused, y[0])}

@@ -95,6 +95,14 @@ def cache_key(*parts: Any) -> str:
     return h.hexdigest()[:32]
 
 
+def normalization_part(normalize: Any) -> tuple[str, ...]:
+    """What a cache key adds for the checkpoint's input normalisation: nothing for msn's
+    default (caches made before it was recorded stay valid), else its values."""
+    from msn_cli.io.card import DEFAULT_NORMALIZE
+
+    return () if normalize == DEFAULT_NORMALIZE else (str(normalize),)
+
+
 def file_digest(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:

@@ -69,6 +69,8 @@ class MetaConfig(TrainConfig):
     backbone: str = "bisenet"
     width: float = 1.0
     input: str = "x3"
+    #: ``imagenet`` or a ResNet state dict's path: the encoder's starting weights (None: He)
+    pretrained: str | None = None
 
     def validate(self) -> None:
         super().validate()

@@ -6,7 +6,8 @@ source's ``meta/weights.pt`` becomes the expert of one input, X1, X2, X3 in that
 source may be a single-resolution baseline (``train-meta --input x1``) or an MSN directory,
 whose meta-branch then serves an input it was not trained on (Table 3's "Meta-branch": the
 X3-trained meta-branch applied to every input). All three must share the backbone, width,
-classes, patch size and magnifications, and match the store.
+classes, patch size, magnifications and input normalisation, and match the store; the new
+``model.json`` takes their normalisation (and their ``pretrained`` record when they share it).
 
 The new directory gets ``model.json`` (``branches: independent``) and ``experts/`` with the
 three experts' weights and a ``config.json`` naming each source and the SHA-256 of the
@@ -44,6 +45,12 @@ def _sources(dirs: list[str], spec: StoreSpec, url: str) -> tuple[list[ModelCard
                         f"expert {which} has {key}={card.model.get(key)!r}, expert x1 "
                         f"{first.model.get(key)!r}; the three experts must share the architecture",
                     )
+            if card.normalize != first.normalize:
+                raise MsnError(
+                    sck.model_json,
+                    f"expert {which} normalises inputs with {card.normalize}, expert x1 with "
+                    f"{first.normalize}; the three experts must share it",
+                )
         cards.append(card)
         weights = sck.stage("meta").weights
         recorded[which] = {
@@ -94,7 +101,8 @@ def write_experts(ck: CheckpointDir, dirs: list[str], recorded: dict) -> None:
     from msn_cli.io.checkpoints import STAGES, load_checkpoint_file
     from msn_cli.models.msn import ARCH_KEYS, MSN, MSNConfig
 
-    first = CheckpointDir(dirs[0]).read_card()
+    cards = [CheckpointDir(d).read_card() for d in dirs]
+    first = cards[0]
     mcfg = MSNConfig(**{k: first.model[k] for k in ARCH_KEYS}, branches="independent")
     model = MSN(mcfg)
     for which, src in zip(EXPERT_INPUTS, dirs, strict=True):
@@ -106,7 +114,15 @@ def write_experts(ck: CheckpointDir, dirs: list[str], recorded: dict) -> None:
             raise MsnError(weights, f"weights do not fit its model.json: {text}") from exc
     for name in STAGES:
         ck.stage(name).reset()
-    card = ModelCard(mcfg.to_dict(), list(first.classes), input="x3", extra={"experts": dirs})
+    same = all(c.pretrained == first.pretrained for c in cards)
+    card = ModelCard(
+        mcfg.to_dict(),
+        list(first.classes),
+        input="x3",
+        extra={"experts": dirs},
+        normalize=first.normalize,
+        pretrained=first.pretrained if same else None,
+    )
     ck.write_card(card)
     stage = ck.stage("experts")
     stage.write_config({"sources": recorded})

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from msn_cli.io.card import Normalization
 from msn_cli.runtime import to_input
 from msn_cli.training.context import Context
 
@@ -30,8 +31,9 @@ EPS = 1e-6
 
 
 @torch.no_grad()
-def layer_statistics(meta_branch, loader, ctx: Context) -> dict[str, Any]:
-    """Per-layer, per-scale activation statistics and gap scores over ``loader``'s patches."""
+def layer_statistics(meta_branch, loader, ctx: Context, normalize: Normalization) -> dict[str, Any]:
+    """Per-layer, per-scale activation statistics and gap scores over ``loader``'s patches
+    (inputs normalised with ``normalize``, the checkpoint's)."""
     layers = tuple(meta_branch.candidate_layers)
     meta_branch.eval()
     sums: dict[tuple[str, str], torch.Tensor] = {}
@@ -39,7 +41,7 @@ def layer_statistics(meta_branch, loader, ctx: Context) -> dict[str, Any]:
     for batch in loader:
         patches += len(batch["x3"])
         for scale in SCALES:
-            x = to_input(batch[scale], ctx.device, ctx.channels_last)
+            x = to_input(batch[scale], ctx.device, ctx.channels_last, normalize)
             with ctx.autocast():
                 feats = meta_branch(x, features=layers).features
             for name, f in feats.items():

@@ -177,7 +177,9 @@ def validate(
     model.eval()
     for batch in loader:
         x = {
-            k: to_input(batch[k], ctx.device, ctx.channels_last) if k in batch else None
+            k: to_input(batch[k], ctx.device, ctx.channels_last, card.normalize)
+            if k in batch
+            else None
             for k in ("x1", "x2", "x3")
         }
         with ctx.autocast():
