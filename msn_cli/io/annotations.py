@@ -97,14 +97,22 @@ def _is_num(v: Any) -> bool:
 MAX_COORDINATE = 1e9
 
 
-def _ring(coords: Any, path: Path, where: str) -> np.ndarray:
-    if not isinstance(coords, list) or not all(
-        type(p) is list and len(p) >= 2 and type(p[0]) in _NUM and type(p[1]) in _NUM
-        for p in coords
-    ) and not all(
+def _is_ring(coords: Any) -> bool:
+    """A list of ``[x, y, ...]`` points with numeric (not boolean) x and y. The common case,
+    JSON lists of ints and floats, is checked by exact type first: it is the parse's hot loop."""
+    if not isinstance(coords, list):
+        return False
+    if all(type(p) is list and len(p) >= 2 and type(p[0]) in _NUM and type(p[1]) in _NUM
+           for p in coords):  # fmt: skip
+        return True
+    return all(
         isinstance(p, (list, tuple)) and len(p) >= 2 and _is_num(p[0]) and _is_num(p[1])
         for p in coords
-    ):
+    )
+
+
+def _ring(coords: Any, path: Path, where: str) -> np.ndarray:
+    if not _is_ring(coords):
         raise MsnError(path, f"{where}: bad coordinates (expected a ring [[x, y], ...])")
     arr = np.array([p[:2] for p in coords], dtype=np.float64).reshape(-1, 2)
     lo, hi = (float(arr.min()), float(arr.max())) if len(arr) else (0.0, 0.0)
