@@ -108,3 +108,36 @@ def test_bad_usage(msn_invoke, ck, slides, tmp_path):
     assert r.exit_code == 2 and "--out" in r.stderr
     r = msn_invoke(*base(ck, slides[0], "--out", tmp_path / "m.tif", "--branch", "x9"))
     assert r.exit_code == 2 and "--branch" in r.stderr
+
+
+def test_ome_tiff_folder_output_with_detection_objects(msn_invoke, ck, slides, tmp_path):
+    import tifffile
+
+    args = ["--out", tmp_path / "masks", "--format", "ome-tiff", "--geojson", tmp_path / "gj"]
+    r = msn_invoke(*base(ck, slides[0], *args, "--geojson-type", "detection"))
+    assert r.exit_code == 0, r.output
+    assert [p.name for p in (tmp_path / "masks").iterdir()] == ["s0.ome.tif"]
+    with tifffile.TiffFile(tmp_path / "masks" / "s0.ome.tif") as tif:
+        assert tif.is_ome and tif.series[0].levels[0].shape == (150, 200)
+    feats = json.loads((tmp_path / "gj" / "s0.geojson").read_text())["features"]
+    assert feats and {f["properties"]["objectType"] for f in feats} == {"detection"}
+
+
+@pytest.mark.parametrize(
+    ("extra", "option"),
+    [
+        (["--format", "png"], "--format"),
+        (["--geojson-type", "cell"], "--geojson-type"),
+        (["--format", "tiff", "--out", "m.ome.tif"], "--format"),  # the name says OME-TIFF
+    ],
+)
+def test_bad_format_or_geojson_type_one_line_usage_error(
+    msn_invoke, ck, slides, tmp_path, extra, option
+):
+    extra = [tmp_path / a if a.endswith(".tif") else a for a in extra]
+    out = ["--out", tmp_path / "m.tif"] if "--out" not in extra else []
+    r = msn_invoke(*base(ck, slides[0], *out, *extra, "--geojson", tmp_path / "m.geojson"))
+    assert r.exit_code == 2, r.output
+    assert r.stderr.count("\n") == 1 and option in r.stderr and "Traceback" not in r.stderr
+    written = {p.name for p in tmp_path.iterdir()} - {s.name for s in slides}
+    assert not written, written

@@ -1,4 +1,4 @@
-"""``msn predict``: whole slides into pyramidal TIFF masks."""
+"""``msn predict``: whole slides into pyramidal TIFF (or OME-TIFF) masks."""
 
 from __future__ import annotations
 
@@ -33,7 +33,8 @@ def predict(
         Path | None,
         typer.Option(
             "--out",
-            help="Mask file (one slide: mask.tif) or folder (DIR/<slide>.tif for each slide).",
+            help="Mask file (one slide: mask.tif, or mask.ome.tif for an OME-TIFF) or folder "
+            "(DIR/<slide>.tif, or .ome.tif with --format ome-tiff, for each slide).",
             show_default=False,
         ),
     ] = None,
@@ -50,8 +51,12 @@ def predict(
         typer.Option(help="Per-class probabilities (float16, one per 16x16 px) into this Zarr."),
     ] = None,
     geojson: Annotated[
-        Path | None, typer.Option(help="Class polygons as QuPath GeoJSON into this file.")
-    ] = None,
+        Path | None,
+        typer.Option(
+            help="Class polygons as QuPath GeoJSON (class, colour, area and mean class "
+            "probability per polygon) into this file."
+        ),
+    ] = None,  # fmt: skip
     overlay: Annotated[
         Path | None, typer.Option(help="Thumbnail PNG of slide and mask with a class legend.")
     ] = None,
@@ -79,6 +84,23 @@ def predict(
             "offset QuPath crops to) or 'level0'."
         ),
     ] = "qupath",  # fmt: skip
+    geojson_type: Annotated[
+        str,
+        typer.Option(
+            help="QuPath object type of the GeoJSON polygons: 'annotation' or 'detection' "
+            "(lighter for many objects; not editable)."
+        ),
+    ] = "annotation",  # fmt: skip
+    mask_format: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            help="Mask container: 'tiff' (OpenSlide's generic pyramidal TIFF) or 'ome-tiff' "
+            "(levels in SubIFDs, OME-XML: Bio-Formats, QuPath). Default: ome-tiff for an "
+            "--out ending in .ome.tif/.ome.tiff, else tiff.",
+            show_default=False,
+        ),
+    ] = None,  # fmt: skip
     amp: Annotated[
         bool, typer.Option(help="Mixed precision on CUDA (faster; may differ from evaluate).")
     ] = False,
@@ -86,7 +108,8 @@ def predict(
     workers: WorkersOpt = 0,
     shard: ShardOpt = None,
 ) -> None:
-    """Segment whole slides into pyramidal TIFF masks (OpenSlide, tifffile and QuPath open them).
+    """Segment whole slides into pyramidal TIFF masks (OpenSlide, tifffile and QuPath open them)
+    or OME-TIFF masks (Bio-Formats and QuPath).
 
     Example: `msn predict slide.svs --checkpoints ckpt --out mask.tif --geojson mask.geojson`
     """
@@ -104,7 +127,9 @@ def predict(
         raise MsnUsageError("SLIDE", "give at least one slide or --manifest")
     expected = parse_classes(classes) if classes else None
     folder = len(paths) > 1 or out.is_dir() or out.suffix.lower() not in MASK_SUFFIXES
-    jobs = [_job(p, out, folder, probabilities, geojson, overlay) for p in paths][index::count]
+    suffix = ".ome.tif" if mask_format == "ome-tiff" else ".tif"
+    jobs = [_job(p, out, folder, probabilities, geojson, overlay, suffix) for p in paths]
+    jobs = jobs[index::count]
     _refuse_overwriting_inputs(jobs, Path(checkpoints), manifest)
     config = PredictConfig(
         checkpoints=Path(checkpoints),
@@ -117,6 +142,8 @@ def predict(
         amp=amp,
         classes=expected,
         geojson_frame=geojson_frame,
+        geojson_type=geojson_type,
+        mask_format=mask_format,
     )
     results = run_predict(jobs, config)
     if any(r.status != "failed" for r in results):
@@ -149,9 +176,9 @@ def _refuse_overwriting_inputs(jobs, checkpoints: Path, manifest: Path | None) -
         )
 
 
-def _job(slide: Path, out: Path, folder: bool, probs, geojson, overlay):
+def _job(slide: Path, out: Path, folder: bool, probs, geojson, overlay, suffix: str = ".tif"):
     """Output paths of one slide: the given files, or ``<folder>/<slide>.<ext>`` in folder mode
-    (then --probabilities/--geojson/--overlay name folders too)."""
+    (the mask ``<slide><suffix>``; --probabilities/--geojson/--overlay name folders too)."""
     from msn_cli.io.store import slide_stem
     from msn_cli.stages.predict import PredictJob
 
@@ -160,7 +187,7 @@ def _job(slide: Path, out: Path, folder: bool, probs, geojson, overlay):
     stem = slide_stem(slide)
     return PredictJob(
         slide,
-        out / f"{stem}.tif",
+        out / f"{stem}{suffix}",
         probs / f"{stem}.zarr" if probs else None,
         geojson / f"{stem}.geojson" if geojson else None,
         overlay / f"{stem}.png" if overlay else None,

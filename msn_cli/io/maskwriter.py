@@ -19,6 +19,9 @@ Layout (checked against OpenSlide 4 and tifffile in ``tests/test_predict.py``):
 Level 0 is never held in memory: :func:`write_mask_tiff` takes a *factory* of level-0 row
 blocks (any heights, full width) and calls it once per level, keeping only one strip of tiles
 per level.
+
+:mod:`msn_cli.io.ometiff` writes the same pyramid as an OME-TIFF (``--format ome-tiff``): same
+levels, tiles, compression and sampling, the reduced levels in level 0's SubIFDs.
 """
 
 from __future__ import annotations
@@ -132,61 +135,89 @@ def write_mask_tiff(
     """
     import tifffile
 
-    downsamples = level_downsamples(width, height, tile)
-    bigtiff = width * height > 2**31
     text = DESCRIPTION_PREFIX + json.dumps(description or {}, sort_keys=True)
-    with tifffile.TiffWriter(path, bigtiff=bigtiff) as tif:
-        for i, d in enumerate(downsamples):
-            lw, lh = level_size(width, height, d)
-            extra: dict[str, Any] = {}
-            if mpp:
-                res = 1e4 / (mpp * d)
-                extra = {"resolution": (res, res), "resolutionunit": "CENTIMETER"}
-            if i == 0:
-                extra["description"] = text
-                extra["software"] = "msn predict"
-            rows = reduce_rows(blocks(), width, height, d)
-            tif.write(
-                tiles(strips(rows, lh, tile), lw, tile),
-                shape=(lh, lw),
-                dtype=np.uint8,
-                tile=(tile, tile),
-                photometric="minisblack",
-                compression="zlib",
-                subfiletype=0 if i == 0 else 1,
-                metadata=None,
-                maxworkers=workers,
-                **extra,
-            )
+    with tifffile.TiffWriter(path, bigtiff=width * height > 2**31) as tif:
+        return write_levels(
+            tif, width, height, blocks, mpp=mpp, first={"description": text}, tile=tile,
+            workers=workers, in_subifds=False,
+        )  # fmt: skip
+
+
+def write_levels(
+    tif: Any,
+    width: int,
+    height: int,
+    blocks: Callable[[], Iterable[np.ndarray]],
+    *,
+    mpp: float | None,
+    first: dict[str, Any],
+    tile: int,
+    workers: int | None,
+    in_subifds: bool,
+) -> list[int]:
+    """Every level into an open ``tifffile.TiffWriter``; ``first``: level 0's extra arguments.
+
+    ``in_subifds``: the reduced levels go to level 0's SubIFDs (OME-TIFF) instead of the main
+    IFD chain (the generic pyramid OpenSlide reads).
+    """
+    downsamples = level_downsamples(width, height, tile)
+    for i, d in enumerate(downsamples):
+        lw, lh = level_size(width, height, d)
+        extra: dict[str, Any] = {"metadata": None}
+        if mpp:
+            res = 1e4 / (mpp * d)
+            extra.update(resolution=(res, res), resolutionunit="CENTIMETER")
+        if i == 0:
+            extra.update(software="msn predict", **first)
+            if in_subifds:
+                extra["subifds"] = len(downsamples) - 1
+        rows = reduce_rows(blocks(), width, height, d)
+        tif.write(
+            tiles(strips(rows, lh, tile), lw, tile),
+            shape=(lh, lw),
+            dtype=np.uint8,
+            tile=(tile, tile),
+            photometric="minisblack",
+            compression="zlib",
+            subfiletype=0 if i == 0 else 1,
+            maxworkers=workers,
+            **extra,
+        )
     return downsamples
 
 
 def read_description(path: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The JSON msn wrote into a mask's ImageDescription, or None (not an msn mask, unreadable)."""
+    """The JSON msn wrote into a mask (generic TIFF: its ImageDescription; OME-TIFF: the OME
+    Image's Description), or None (not an msn mask, unreadable)."""
     import tifffile
+
+    from msn_cli.io.ometiff import description_from_ome
 
     try:
         with tifffile.TiffFile(path) as tif:
             text = tif.pages[0].description
+            if not text.startswith(DESCRIPTION_PREFIX) and tif.is_ome:
+                text = description_from_ome(tif.ome_metadata or "") or ""
     except Exception:  # any unreadable file is "not a finished mask"
         return None
     if not text.startswith(DESCRIPTION_PREFIX):
         return None
     try:
-        return json.loads(text[len(DESCRIPTION_PREFIX) :])
+        found = json.loads(text[len(DESCRIPTION_PREFIX) :])
     except json.JSONDecodeError:
         return None
+    return found if isinstance(found, dict) else None
 
 
 def read_level(path: str | os.PathLike[str], max_side: int) -> tuple[np.ndarray, int]:
-    """The finest level of a mask whose sides are both at most ``max_side`` (else the coarsest),
-    read whole, and its downsample."""
+    """The finest level of a mask (generic or OME-TIFF) whose sides are both at most
+    ``max_side`` (else the coarsest), read whole, and its downsample."""
     import tifffile
 
     with tifffile.TiffFile(Path(path)) as tif:
-        pages = list(tif.pages)
+        levels = tif.series[0].levels
         k = next(
-            (i for i, p in enumerate(pages) if max(p.imagewidth, p.imagelength) <= max_side),
-            len(pages) - 1,
+            (i for i, lv in enumerate(levels) if max(lv.shape[-2:]) <= max_side),
+            len(levels) - 1,
         )
-        return pages[k].asarray(), FACTOR**k
+        return levels[k].asarray(), FACTOR**k

@@ -84,7 +84,7 @@ def run_bands(
         units.extend(
             np.array_split(idx, math.ceil(len(idx) / config.batch_size)) if len(idx) else []
         )
-    want_probs = job.probabilities is not None
+    want_probs = job.needs_probabilities  # the Zarr, or the GeoJSON's mean probabilities
     painter = BandPainter(
         store, todo_rows, ncols, xs_axis, ys_axis, len(predictor.classes), want_probs
     )

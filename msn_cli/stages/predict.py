@@ -8,8 +8,16 @@ the level-0 rows owned by one row of X1 patches. Background patches are class 0 
 call. Each finished band is written (zstd) to ``<out>.partial/`` by a writer thread, so only
 one band of predictions is ever in memory; a killed run, rerun, keeps the finished bands.
 When every band exists, the pyramidal TIFF is assembled from them (see
-:mod:`msn_cli.io.maskwriter`) under a temporary name, the extras are derived, and the TIFF is
-renamed to ``--out``; then the partial folder is removed.
+:mod:`msn_cli.io.maskwriter`, or :mod:`msn_cli.io.ometiff` for ``--format ome-tiff``) under a
+temporary name, the extras are derived, and the TIFF is renamed to ``--out``; then the partial
+folder is removed. The bands keep per-class probabilities when ``--probabilities`` or
+``--geojson`` (its mean class probability per polygon) asks for them.
+
+A finished ``--out`` is recognised by the job key in its description (the JSON of the generic
+TIFF's ImageDescription, or of the OME Image Description) and its container matching the
+format asked for; it is then skipped, and only missing extras are derived from it. A missing
+GeoJSON needs the probabilities: from the finished ``--probabilities`` Zarr of the same job,
+else the slide is predicted again.
 
 Overlap rule: the last X1 patch of each row and column is shifted back inside the image and
 overlaps its neighbour; *the later patch wins* (raster order: a row over the row above it, a
@@ -38,13 +46,15 @@ from msn_cli.io.lock import Busy, exclusive
 from msn_cli.io.maskwriter import read_description
 from msn_cli.io.patches import Levels, PatchGeometry, base_downsample, check_walk_options
 from msn_cli.io.slide import fingerprint, open_slide
-from msn_cli.prediction.assemble import assemble, write_extras, zarr_key
+from msn_cli.prediction.assemble import assemble, write_extras, zarr_key, zarr_strips
 from msn_cli.prediction.partial import BandStore, partial_dir
 from msn_cli.prediction.predictor import Predictor
 from msn_cli.prediction.walk import Axis, run_bands
 
 log = logging.getLogger("msn")
 BRANCH_CHOICES = ("fusion", "x1", "x2", "x3")
+FORMAT_CHOICES = ("tiff", "ome-tiff")
+GEOJSON_TYPES = ("annotation", "detection")
 FORMAT_VERSION = 1
 
 
@@ -68,6 +78,8 @@ class PredictConfig:
     classes: tuple[str, ...] | None = None  # expected class names (refuse other checkpoints)
     probabilities_downsample: int = 16
     geojson_frame: str = "qupath"  # or "level0"
+    geojson_type: str = "annotation"  # QuPath objectType of the features, or "detection"
+    mask_format: str | None = None  # "tiff" | "ome-tiff"; None: from --out's name
     trace_max_side: int = 4096
     overlay_max_side: int = 1024
 
@@ -84,6 +96,24 @@ class PredictJob:
 
     def outputs(self) -> list[Path]:
         return [p for p in (self.out, self.probabilities, self.geojson, self.overlay) if p]
+
+    @property
+    def needs_probabilities(self) -> bool:
+        """The bands keep probabilities: for the Zarr, or the GeoJSON's mean probabilities."""
+        return self.probabilities is not None or self.geojson is not None
+
+
+def mask_format(out: Path, asked: str | None) -> str:
+    """The container of ``out``: the one asked for, else ``ome-tiff`` for an ``.ome.tif`` /
+    ``.ome.tiff`` name and ``tiff`` (OpenSlide's generic pyramid) for any other.
+
+    Example:
+        >>> mask_format(Path("m.ome.tif"), None), mask_format(Path("m.tif"), None)
+        ('ome-tiff', 'tiff')
+    """
+    from msn_cli.io.ometiff import is_ome_name
+
+    return asked or ("ome-tiff" if is_ome_name(out) else "tiff")
 
 
 @dataclass
@@ -122,8 +152,17 @@ def validate(config: PredictConfig, jobs: Sequence[PredictJob]) -> None:
         raise MsnUsageError("--branch", f"{config.branch!r} is not one of fusion, x1, x2, x3")
     if config.geojson_frame not in ("qupath", "level0"):
         raise MsnUsageError("--geojson-frame", "expected qupath or level0")
+    if config.geojson_type not in GEOJSON_TYPES:
+        raise MsnUsageError("--geojson-type", f"{config.geojson_type!r} is not one of "
+                            f"{', '.join(GEOJSON_TYPES)}")  # fmt: skip
+    if config.mask_format is not None and config.mask_format not in FORMAT_CHOICES:
+        raise MsnUsageError("--format", f"{config.mask_format!r} is not one of "
+                            f"{', '.join(FORMAT_CHOICES)}")  # fmt: skip
     seen: dict[Path, Path] = {}
     for job in jobs:
+        if config.mask_format == "tiff" and mask_format(job.out, None) == "ome-tiff":
+            raise MsnUsageError("--format", f"tiff, but {job.out.name} names an OME-TIFF; "
+                                "use --format ome-tiff or a .tif name")  # fmt: skip
         for p in job.outputs():
             key = p.resolve()
             if key in seen:
@@ -182,10 +221,16 @@ def _predict_open(predictor, job, config, slide, t0) -> PredictResult:
     mask_key = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
     result = PredictResult(job.slide, job.out, "predicted", n_grid=len(corners))
     result.megapixels = w0 * h0 / 1e6
+    fmt = mask_format(job.out, config.mask_format)
     desc = read_description(job.out) if job.out.is_file() else None
+    finished = desc is not None and desc.get("key") == mask_key
+    finished = finished and desc.get("container", "tiff") == fmt
     probs_ok = job.probabilities is None or zarr_key(job.probabilities) == mask_key
-    if desc is not None and desc.get("key") == mask_key and probs_ok:
-        write_extras(job, config, slide, predictor, job.out, only_missing=True)
+    # a GeoJSON still to write needs probabilities: the finished Zarr's, else predict again
+    traced_ok = job.geojson is None or job.geojson.exists() or job.probabilities is not None
+    if finished and probs_ok and traced_ok:
+        probs = zarr_strips(job.probabilities) if job.probabilities is not None else None
+        write_extras(job, config, slide, predictor, job.out, True, probabilities=probs)
         result.status = "skipped"
         result.seconds = time.perf_counter() - t0
         log.info("%s: already predicted into %s, skipped", job.slide, job.out)
@@ -193,7 +238,9 @@ def _predict_open(predictor, job, config, slide, t0) -> PredictResult:
 
     xs_axis = Axis.create(corners[:ncols, 0], w0, base, p, d)
     ys_axis = Axis.create(corners[::ncols, 1], h0, base, p, d)
-    store = BandStore(partial_dir(job.out), {**key, "probabilities": job.probabilities and d})
+    store = BandStore(
+        partial_dir(job.out), {**key, "probabilities": d if job.needs_probabilities else None}
+    )
     try:
         todo_rows = [r for r in range(nrows) if not store.done(r)]
         result.bands_reused = nrows - len(todo_rows)
@@ -202,7 +249,7 @@ def _predict_open(predictor, job, config, slide, t0) -> PredictResult:
         result.n_predicted = run_bands(
             predictor, job, config, geometry, corners, ncols, xs_axis, ys_axis, store, todo_rows
         )
-        assemble(predictor, job, config, slide, store, xs_axis, ys_axis, mask_key, d)
+        assemble(predictor, job, config, slide, store, xs_axis, ys_axis, mask_key, d, fmt)
     except MsnError:
         store.remove()  # bad input: leave nothing behind (a kill keeps the bands)
         raise
