@@ -48,7 +48,7 @@ def make_slide(size: int) -> Path:
 def make_checkpoints(patch: int, width: float) -> Path:
     import torch
 
-    from msn_cli.io.checkpoints import STAGE_PARTS, CheckpointDir, ModelCard
+    from msn_cli.io.checkpoints import CheckpointDir, ModelCard
     from msn_cli.models.msn import MSN, MSNConfig
 
     path = WORK / f"predict_ck_{patch}_{width:g}"
@@ -65,7 +65,7 @@ def make_checkpoints(patch: int, width: float) -> Path:
             model.store_sigma(torch.randn(model.sigma_dim))
         st = ck.stage(name)
         st.dir.mkdir(parents=True, exist_ok=True)
-        st.save_weights(getattr(model, STAGE_PARTS[name]).state_dict())
+        st.save_weights(model.stage_part(name).state_dict())
     return path
 
 
@@ -76,7 +76,9 @@ def run_one(slide: Path, ck: Path, args) -> dict:
     import torch
 
     from msn_cli import progress
-    from msn_cli.stages.predict import PredictConfig, PredictJob, Predictor, predict
+    from msn_cli.prediction.config import PredictConfig, PredictJob
+    from msn_cli.prediction.predictor import Predictor
+    from msn_cli.stages.predict import predict
 
     progress.QUIET = True
     cfg = PredictConfig(ck, min_tissue=0.0, batch_size=args.batch_size, device=args.device)

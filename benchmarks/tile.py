@@ -36,11 +36,12 @@ from msn_cli import progress
 from msn_cli.io.annotations import LabelledPolygon, write_geojson
 from msn_cli.io.patches import Levels, PatchGeometry, extract
 from msn_cli.io.slide import open_slide
-from msn_cli.io.store import IMAGES, PatchStore
+from msn_cli.io.store import PatchStore
 from msn_cli.stages.tile import SlideJob, TileConfig, tile
 from msn_cli.synth import texture
 from msn_cli.synth.pyramid import write_pyramid
 from msn_cli.synth.slide import write_synthetic_slide
+from msn_cli.vocab import BRANCHES
 
 WORK = Path(__file__).parent / "_work"
 
@@ -106,7 +107,7 @@ def fidelity(store: Path, slide_path: Path, n: int) -> list[float]:
     geometry = PatchGeometry(rec.layout.patch_size, tuple(rec.downsamples))
     trip = extract(open_slide(slide_path), geometry, rec.read("centers", pick))
     out = []
-    for b, key in enumerate(IMAGES):
+    for b, key in enumerate(BRANCHES):
         err = rec.read(key, pick).astype(np.float64) - trip.x[b]
         mse = float(np.mean(err**2))
         out.append(float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse))

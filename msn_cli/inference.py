@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-OUTPUTS = ("x1", "x2", "x3", "fusion")
+from msn_cli.vocab import OUTPUTS
 
 
 def available_outputs(stages: Sequence[str], model_input: str = "x3") -> tuple[str, ...]:

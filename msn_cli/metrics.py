@@ -1,5 +1,8 @@
 """Segmentation metrics: one confusion matrix, IoU per class, mIoU.
 
+:class:`ConfusionMatrix` is the matrix (numpy); :class:`DeviceConfusion` fills the same one on
+a torch device during training validation.
+
 Definition (used by every stage, ``evaluate`` and the README): the confusion matrix is
 accumulated over every labelled pixel (truth != 255) of everything evaluated; IoU of class c is
 TP / (TP + FP + FN); mIoU is the mean over the classes that occur in the truth or in the
@@ -19,13 +22,13 @@ from __future__ import annotations
 
 import numpy as np
 
-IGNORE_INDEX = 255
+from msn_cli.vocab import IGNORE
 
 
 class ConfusionMatrix:
     """Rows: truth; columns: prediction. Accepts numpy arrays or torch tensors."""
 
-    def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX) -> None:
+    def __init__(self, num_classes: int, ignore_index: int = IGNORE) -> None:
         if num_classes < 1:
             raise ValueError("num_classes must be >= 1")
         self.num_classes = num_classes
@@ -63,6 +66,35 @@ class ConfusionMatrix:
     @property
     def pixels(self) -> int:
         return int(self.matrix.sum())
+
+
+class DeviceConfusion:
+    """The same matrix accumulated on a torch device from logits, with no sync per batch
+    (training validation); :meth:`result` brings it back as a :class:`ConfusionMatrix`."""
+
+    def __init__(self, num_classes: int, device) -> None:
+        import torch
+
+        self.n = num_classes
+        self.counts = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
+
+    def update(self, logits, target) -> None:
+        """Add a batch: ``logits`` (B, Nc, H, W), ``target`` (B, H, W) class indices."""
+        import torch
+
+        with torch.no_grad():
+            pred = logits.argmax(1).flatten()
+            t = target.flatten()
+            keep = t != IGNORE
+            idx = t[keep] * self.n + pred[keep]
+            self.counts += torch.bincount(idx, minlength=self.n * self.n)
+
+    def result(self, ctx=None) -> ConfusionMatrix:
+        """The matrix, summed over processes by ``ctx.all_sum`` (a training Context) if given."""
+        counts = self.counts if ctx is None else ctx.all_sum(self.counts)
+        cm = ConfusionMatrix(self.n)
+        cm.matrix += counts.cpu().numpy().reshape(self.n, self.n)
+        return cm
 
 
 def _numpy(x) -> np.ndarray:

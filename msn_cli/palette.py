@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-IGNORE_LABEL = 255
+from msn_cli.vocab import IGNORE
+
 #: RGB of class 0, 1, ... (BACH: normal black, benign green, in situ yellow, invasive red).
 PALETTE: tuple[tuple[int, int, int], ...] = (
     (0, 0, 0),
@@ -38,7 +39,7 @@ IGNORE_COLOR: tuple[int, int, int] = (200, 200, 200)
 
 def class_color(index: int) -> tuple[int, int, int]:
     """RGB of class ``index`` (255: the ignore colour)."""
-    if index == IGNORE_LABEL:
+    if index == IGNORE:
         return IGNORE_COLOR
     return PALETTE[index % len(PALETTE)]
 

@@ -1,15 +1,29 @@
-"""Rich tables for the CLI's summaries (printing only; the data comes from the stages)."""
+"""Every summary the commands print: one printer per result, printing only (the data and
+numbers come from the stages).
+
+Imported inside the command bodies (rich is not needed for ``msn --help``).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import typer
 from rich.console import Console
 from rich.table import Table
+
+from msn_cli.vocab import IGNORE, OUTPUTS, TARGETS
+
+if TYPE_CHECKING:
+    from msn_cli.evaluation.compare import Comparison
 
 
 def _console() -> Console:
     return Console(soft_wrap=True)
+
+
+def _pct(v: Any) -> str:
+    return "-" if v is None else f"{100 * v:.1f}"
 
 
 def print_tile_results(results) -> None:
@@ -22,6 +36,42 @@ def print_tile_results(results) -> None:
             r.name, r.status, str(r.n_patches), str(r.n_grid or "-"), f"{r.seconds:.1f}", rate
         )
     _console().print(table)
+
+
+def print_predict_results(results) -> None:
+    table = Table(title="msn predict")
+    for col in ("slide", "status", "mask", "patches", "predicted", "Mpx", "seconds", "Mpx/s"):
+        table.add_column(col, justify="left" if col in ("slide", "status", "mask") else "right")
+    for r in results:
+        rate = f"{r.megapixels / r.seconds:.1f}" if r.seconds > 0 and r.megapixels else "-"
+        status = r.status + (f" ({r.bands_reused} bands kept)" if r.bands_reused else "")
+        table.add_row(
+            r.slide.name,
+            status,
+            str(r.out),
+            str(r.n_grid),
+            str(r.n_predicted),
+            f"{r.megapixels:.1f}",
+            f"{r.seconds:.1f}",
+            rate,
+        )
+    _console().print(table)
+
+
+def print_training(result) -> None:
+    """One line per training stage: epochs trained and the last epoch's mIoUs (rank 0 only)."""
+    if result.rank != 0:
+        return
+    if result.note:
+        typer.echo(f"{result.directory}: {result.note} (add --epochs N to train further)")
+        return
+    last = result.history[-1] if result.history else {}
+    scores = ", ".join(
+        f"{k.replace('_miou_', ' mIoU ')} {v:.3f}"
+        for k, v in last.items()
+        if "miou" in k and isinstance(v, float) and v == v
+    )
+    typer.echo(f"{result.directory}: {result.epochs_run} epoch(s) trained; {scores or 'done'}")
 
 
 def print_store(data: dict[str, Any]) -> None:
@@ -43,7 +93,7 @@ def print_store(data: dict[str, Any]) -> None:
     for i, (name, frac) in enumerate(data["class_fractions"].items()):
         classes.add_row(str(i), name, f"{frac:.3f}")
     con.print(classes)
-    con.print(f"ignored (255): {data['ignored_fraction']:.3f} of X1 pixels")
+    con.print(f"ignored ({IGNORE}): {data['ignored_fraction']:.3f} of X1 pixels")
     slides = Table(title="slides")
     for col in ("name", "split", "patches", "size", "mpp", "codecs (x1 x2 x3)", "complete"):
         slides.add_column(col)
@@ -112,3 +162,56 @@ def print_models(rows: list[dict[str, Any]]) -> None:
         paper = r.get("paper_m")
         table.add_row(r["name"], f"{r['params_m']:.4g}", "-" if paper is None else f"{paper:g}")
     _console().print(table)
+
+
+def print_comparison(table: Comparison) -> None:
+    t = Table(title=table.title)
+    for col, kind in zip(table.columns, table.kinds, strict=True):
+        t.add_column(col, justify="left" if kind == "text" else "right")
+    for row in table.cells():
+        t.add_row(*row)
+    _console().print(t)
+
+
+def print_store_details(result: dict[str, Any]) -> None:
+    """Per-class IoU of every output and each output's confusion matrix."""
+    con = _console()
+    classes = result["classes"]
+    outs = [o for o in OUTPUTS if result["iou"].get(o) is not None]
+    t = Table(title=f"IoU (%) per class, {result['n_patches']} patches of '{result['split']}'")
+    t.add_column("class")
+    for o in outs:
+        t.add_column(f"{o.upper()} vs {TARGETS[o].upper()}", justify="right")
+    for i, name in enumerate(classes):
+        t.add_row(name, *[_pct(result["iou"][o][i]) for o in outs])
+    con.print(t)
+    for o in outs:
+        print_confusion(result["confusion"][o], classes, f"confusion {o.upper()} (rows: truth)")
+
+
+def print_confusion(matrix: list[list[int]], classes: list[str], title: str) -> None:
+    t = Table(title=title)
+    t.add_column("truth \\ pred")
+    for name in classes:
+        t.add_column(name, justify="right")
+    for name, row in zip(classes, matrix, strict=True):
+        t.add_row(name, *[str(v) for v in row])
+    _console().print(t)
+
+
+def print_slides(result: dict[str, Any]) -> None:
+    classes = result["classes"]
+    t = Table(title="IoU (%) over whole slides")
+    for col in ("slide", "mIoU", *classes, "pixels", "unpredicted"):
+        t.add_column(col, justify="left" if col == "slide" else "right")
+    entries = [(s["name"], s) for s in result["slides"]] + [("pooled", result["pooled"])]
+    for name, s in entries:
+        t.add_row(
+            name,
+            _pct(s["miou"]),
+            *[_pct(v) for v in s["iou"]],
+            str(s["pixels"]),
+            str(s["unpredicted_pixels"]),
+        )
+    _console().print(t)
+    print_confusion(result["pooled"]["confusion"], classes, "pooled confusion (rows: truth)")

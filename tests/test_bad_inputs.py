@@ -1,4 +1,5 @@
-"""Output that cannot be written and the bad-input corpus not covered elsewhere (DESIGN.md §5).
+"""Output that cannot be written and the bad-input corpus not covered elsewhere
+(docs/architecture.md §5).
 
 Each case: one line ``msn: error: <file>: <problem>`` (or, for input msn can still use, one
 ``msn: warning:`` line), the right exit code within 30 seconds, bounded memory, and nothing

@@ -12,7 +12,7 @@ import torch
 from fakes import random_checkpoints
 from slides import pattern, write_pyramid
 
-from msn_cli.evaluation.figures import SCALES, parse_gap_stats
+from msn_cli.evaluation.figures import parse_gap_stats
 from msn_cli.io.annotations import LabelledPolygon, write_geojson
 from msn_cli.io.checkpoints import CheckpointDir, ModelCard
 from msn_cli.io.dataset import PatchDataset
@@ -23,6 +23,7 @@ from msn_cli.models.msn import MSN
 from msn_cli.runtime import to_input
 from msn_cli.stages.evaluate import evaluate_store
 from msn_cli.stages.tile import SlideJob, TileConfig, tile
+from msn_cli.vocab import BRANCHES
 
 CLASSES = ("a", "b", "c", "d")
 SQ = np.array([[20, 16], [150, 16], [150, 120], [20, 120]], float)
@@ -164,7 +165,7 @@ def test_cli_json_tables_figures_and_repeatability(setup, msn_invoke, tmp_path):
         "patches": 10,
         "layers": {
             f"l{i}": {
-                **{s: {"mean": i / k, "variance": k + i} for k, s in enumerate(SCALES, 1)},
+                **{s: {"mean": i / k, "variance": k + i} for k, s in enumerate(BRANCHES, 1)},
                 "gap_x1": i,
                 "gap_x2": 1.0,
                 "score": i + 1.0,
@@ -217,32 +218,19 @@ def test_figures_without_gap_stats_warn_and_write_the_rest(setup, tmp_path):
     ]
 
 
-@pytest.mark.parametrize(
-    "data",
-    [
-        {"layers": {"a": {"x1": {"mean": 1, "variance": 4}, "x2": {"mean": 2, "variance": 5},
-                          "x3": {"mean": 3, "variance": 6}, "gap_x1": 1, "score": 2},
-                    "b": {"x1": {"mean": 1, "variance": 1}, "x2": {"mean": 1, "variance": 1},
-                          "x3": {"mean": 1, "variance": 1}, "gap_x1": 1, "score": 3}},
-         "chosen": ["b"], "top_k": 1, "patches": 3},
-        {"layers": {"a": {"x1": {"mean": 1, "var": 4}, "x2": {"mean": 2, "var": 5},
-                          "x3": {"mean": 3, "var": 6}},
-                    "b": {"x1": {"mean": [0, 2], "var": 1}, "x2": {"mean": 1, "var": 1},
-                          "x3": {"mean": 1, "var": 1}}},
-         "chosen": ["b"]},
-        {"layers": ["a", "b"], "mean": {"X1": [1, 1], "X2": [2, 1], "X3": [3, 1]},
-         "var": {"X1": [4, 1], "X2": [5, 1], "X3": [6, 1]}, "gap_layers": ["b"]},
-        {"layers": [{"layer": "a", "mean": {"x1": 1, "x2": 2, "x3": 3},
-                     "variance": {"x1": 4, "x2": 5, "x3": 6}},
-                    {"layer": "b", "mean": {"x1": 1, "x2": 1, "x3": 1},
-                     "variance": {"x1": 1, "x2": 1, "x3": 1}, "gap": True}]},
-    ],
-)  # fmt: skip
-def test_gap_stats_layouts(data):
+def test_gap_stats_of_train_memrm():
+    data = {
+        "layers": {"a": {"x1": {"mean": 1, "variance": 4}, "x2": {"mean": 2, "variance": 5},
+                         "x3": {"mean": 3, "variance": 6}, "gap_x1": 1, "score": 2},
+                   "b": {"x1": {"mean": 1, "variance": 1}, "x2": {"mean": 1, "variance": 1},
+                         "x3": {"mean": 1, "variance": 1}, "gap_x1": 1, "score": 3}},
+        "chosen": ["b"], "top_k": 1, "patches": 3,
+    }  # fmt: skip
     s = parse_gap_stats(data)
     assert s is not None and s.layers == ["a", "b"] and s.gap_layers == ["b"]
-    assert s.mean["x2"] == [2.0, 1.0] and s.var["x3"] == [6.0, 1.0]
+    assert s.mean["x2"] == [2.0, 1.0] and s.var["x3"] == [6.0, 1.0] and s.score == [2.0, 3.0]
     assert parse_gap_stats({"something": 1}) is None
+    assert parse_gap_stats({"layers": {"a": {"score": 1}}, "chosen": []}) is None
 
 
 def test_bad_checkpoints_and_mismatched_store_are_one_line_errors(setup, msn_invoke, tmp_path):

@@ -1,7 +1,7 @@
 """Crashes and concurrency: SIGKILL at seeded random points of every stage, then the same command
 again, ends with the result of an uninterrupted run, and nothing that looks complete is
 incomplete at the kill moment; ``train-meta`` reading a store while ``tile`` adds to it sees
-only complete slides (DESIGN.md §5).
+only complete slides (docs/architecture.md §5).
 
 The default run kills ``predict`` once here; ``tile`` and the training stages are killed once
 each by ``test_tile.py``, ``test_train_meta.py`` and ``test_train_memrm_fusion.py``. ``--slow``
@@ -44,11 +44,12 @@ from test_train_support import FAST, make_store, same_weights
 
 from msn_cli.io.annotations import LabelledPolygon, write_geojson
 from msn_cli.io.checkpoints import CheckpointDir
-from msn_cli.io.store import IMAGES, LABELS, PatchStore
+from msn_cli.io.store import PatchStore
 from msn_cli.stages import train_meta as train_meta_module
 from msn_cli.stages.tile import SlideJob, TileConfig, tile
 from msn_cli.synth import write_synthetic_slide
 from msn_cli.training.config import MemRMConfig, MetaConfig
+from msn_cli.vocab import BRANCHES, LABELS
 
 SLOW_SEEDS = [1, 2, 3]
 EPOCHS = 3
@@ -75,7 +76,7 @@ def tree_digest(path: Path) -> dict[str, str]:
 
 def store_arrays(url: Path, name: str) -> dict[str, np.ndarray]:
     rec = PatchStore.open(url).slide(name)
-    return {k: rec.read(k, slice(None)) for k in (*IMAGES, *LABELS, "centers", "tissue")}
+    return {k: rec.read(k, slice(None)) for k in (*BRANCHES, *LABELS, "centers", "tissue")}
 
 
 @pytest.fixture(scope="module")

@@ -15,11 +15,14 @@ from fakes import random_checkpoints
 from slides import pattern, write_pyramid
 
 from msn_cli.io.annotations import LabelledPolygon, PolygonLabels, read_geojson, write_geojson
-from msn_cli.io.maskwriter import read_description
+from msn_cli.io.maskreader import read_description
 from msn_cli.io.patches import Levels
 from msn_cli.io.store import PatchStore
+from msn_cli.prediction.config import PredictConfig, PredictJob
+from msn_cli.prediction.partial import partial_dir
+from msn_cli.prediction.predictor import Predictor
 from msn_cli.stages import predict as stage
-from msn_cli.stages.predict import PredictConfig, PredictJob, Predictor, partial_dir, predict
+from msn_cli.stages.predict import predict
 from msn_cli.stages.tile import SlideJob, TileConfig, tile
 
 CLASSES = ("normal", "benign", "in situ", "invasive")

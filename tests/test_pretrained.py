@@ -329,8 +329,8 @@ def test_every_later_stage_normalises_as_model_json_says(store, tmp_path, monkey
 
     import msn_cli.runtime as runtime
     from msn_cli.evaluation.store import evaluate_store
+    from msn_cli.prediction.config import PredictConfig
     from msn_cli.prediction.predictor import Predictor
-    from msn_cli.stages.predict import PredictConfig
     from msn_cli.stages.train_fusion import train_fusion
     from msn_cli.stages.train_memrm import train_memrm
     from msn_cli.training.config import FusionConfig, MemRMConfig

@@ -18,10 +18,13 @@ from test_predict import CLASSES, make_checkpoints
 from msn_cli.errors import MsnUsageError
 from msn_cli.io.annotations import LabelledPolygon, PolygonLabels
 from msn_cli.io.export import own_class_probability, trace_regions
-from msn_cli.io.maskwriter import read_description, sample_index
+from msn_cli.io.maskreader import read_description
+from msn_cli.io.maskwriter import sample_index
 from msn_cli.io.ometiff import CLASSES_NAMESPACE, classes_from_ome, write_mask_ome_tiff
 from msn_cli.palette import class_color
-from msn_cli.stages.predict import PredictConfig, PredictJob, partial_dir, predict
+from msn_cli.prediction.config import PredictConfig, PredictJob
+from msn_cli.prediction.partial import partial_dir
+from msn_cli.stages.predict import predict
 
 W, H, MPP = 1030, 100, 0.5  # 3 levels (1030 -> 258 -> 65): two SubIFDs
 OME = "{http://www.openmicroscopy.org/Schemas/OME/2016-06}"

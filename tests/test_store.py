@@ -17,9 +17,10 @@ from msn_cli.io import annotations as ann
 from msn_cli.io.jpegq import ijg_quality, level_jpeg, luma_table, subsampling
 from msn_cli.io.patches import Levels, PatchGeometry, extract
 from msn_cli.io.slide import open_slide
-from msn_cli.io.store import IMAGES, LABELS, PatchStore
+from msn_cli.io.store import PatchStore, SlideAttrs, SlideLayout
 from msn_cli.stages.tile import SlideJob, TileConfig, tile
 from msn_cli.synth import write_synthetic_slide
+from msn_cli.vocab import BRANCHES, LABELS
 
 CLASSES = ("normal", "benign", "in situ", "invasive")
 P = 64
@@ -69,9 +70,9 @@ def test_lossless_views_equal_the_triplets_cut_from_the_slide(tmp_path):
     # the box's origin (a shard vs one patch).
     assert open_slide(path).levels[2].downsample_x == pytest.approx(1000 / 62)
     for b in range(3):  # every patch, the shifted last row and column included
-        views = rec.read(IMAGES[b], slice(None))
+        views = rec.read(BRANCHES[b], slice(None))
         if b < 2:
-            np.testing.assert_array_equal(views, xs[b], err_msg=IMAGES[b])
+            np.testing.assert_array_equal(views, xs[b], err_msg=BRANCHES[b])
         else:
             diff = np.abs(views.astype(int) - xs[b])
             assert diff.max() <= 1 and (diff > 0).mean() < 0.01
@@ -85,7 +86,7 @@ def test_lossless_views_equal_the_triplets_cut_from_the_slide(tmp_path):
 def test_each_scale_is_stored_once_as_one_image(tmp_path, synthetic):
     rec = tiled(tmp_path, synthetic, "zstd:3").slide("s")
     n = rec.n_patches
-    shapes = [rec.array(k).shape for k in IMAGES]
+    shapes = [rec.array(k).shape for k in BRANCHES]
     # X1 covers the slide (the last column/row may overhang by less than 16 px); X2 and X3
     # add their fields of view around it: far fewer pixels than a copy per patch.
     assert 1500 <= shapes[0][1] < 1500 + 16 and 1100 <= shapes[0][0] < 1100 + 16
@@ -93,6 +94,17 @@ def test_each_scale_is_stored_once_as_one_image(tmp_path, synthetic):
         assert w == pytest.approx(1500 / r + P - P / r, abs=16 / r + 1)
         assert h * w < n * P * P / 4
     assert rec.table("origins").shape == (n, 3, 2) and rec.table("grid").shape == (n, 2)
+
+
+def test_slide_attributes_are_the_typed_records(tmp_path, synthetic):
+    rec = tiled(tmp_path, synthetic, "zstd:3").slide("s")
+    attrs = SlideAttrs.from_attrs(rec.attrs)
+    assert attrs.source == str(synthetic.resolve()) and attrs.split == "train"
+    assert attrs.params.codec == "zstd:3" and attrs.params.patch_size == P
+    own = attrs.to_attrs()  # what tile records, in the stored order; the store adds the rest
+    assert list(rec.attrs)[: len(own)] == list(own) and {k: rec.attrs[k] for k in own} == own
+    assert list(rec.attrs)[len(own) :] == ["layout", "complete", "n_patches", "label_pixels"]
+    assert SlideLayout.from_attrs(rec.attrs["layout"]).to_attrs() == rec.attrs["layout"]
 
 
 def test_default_codec_stays_within_40_db_and_picks_quality_per_branch(tmp_path, synthetic):
@@ -105,7 +117,7 @@ def test_default_codec_stays_within_40_db_and_picks_quality_per_branch(tmp_path,
     # MCUs; X3's at -30 px of level 2: both are fresh content for the encoder, q95 at 4:4:4.
     assert codecs == ["jpeg:90:420", "jpeg:95", "jpeg:95"], codecs
     for b in range(3):
-        assert psnr(rec.read(IMAGES[b], slice(None)), xs[b]) >= 40.0, IMAGES[b]
+        assert psnr(rec.read(BRANCHES[b], slice(None)), xs[b]) >= 40.0, BRANCHES[b]
         np.testing.assert_array_equal(  # labels are always lossless
             rec.read(LABELS[b], slice(None)), exact.read(LABELS[b], slice(None))
         )
@@ -119,7 +131,7 @@ def test_fixed_quality_and_lossless_jpegxl(tmp_path, synthetic):
     assert {img.codec for img in rec.layout.images} == {"jpeg:75"}
     xl = tiled(tmp_path, synthetic, "jpegxl:1", name="xl").slide("s")
     exact = tiled(tmp_path, synthetic, "zstd:1", name="exact").slide("s")
-    for k in (*IMAGES, *LABELS):
+    for k in (*BRANCHES, *LABELS):
         np.testing.assert_array_equal(xl.read(k, slice(None)), exact.read(k, slice(None)))
 
 
@@ -225,7 +237,7 @@ def test_views_are_the_same_with_or_without_the_chunk_cache(tmp_path, synthetic,
 
     rec = tiled(tmp_path, synthetic, "jpeg").slide("s")
     monkeypatch.setattr(views, "_cache", views.ChunkCache(0))  # off: zarr reads every view
-    fields = (*IMAGES, *LABELS)
+    fields = (*BRANCHES, *LABELS)
     ref = {k: rec.read(k, slice(None)) for k in fields}
     pick = np.sort(np.random.default_rng(0).permutation(rec.n_patches)[:40])
     for budget in (1 << 30, P * P * 3):  # everything fits / one chunk at a time

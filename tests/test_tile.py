@@ -16,8 +16,9 @@ from slides import pattern, write_pyramid
 
 from msn_cli.io.annotations import LabelledPolygon, PolygonLabels, write_asap_xml, write_geojson
 from msn_cli.io.patches import Levels
-from msn_cli.io.store import IMAGES, LABELS, PatchStore, SlideWriter
+from msn_cli.io.store import PatchStore, SlideWriter
 from msn_cli.stages.tile import SlideJob, TileConfig, tile
+from msn_cli.vocab import BRANCHES, LABELS
 
 CLASSES = ("normal", "benign", "in situ", "invasive")
 P = 64  # tiny patches keep the suite fast; the geometry is the same at 256
@@ -49,7 +50,7 @@ def config(**kw) -> TileConfig:
 
 def arrays(store_url, name: str) -> dict[str, np.ndarray]:
     rec = PatchStore.open(store_url).slide(name)
-    return {k: rec.read(k, slice(None)) for k in (*IMAGES, *LABELS, "centers", "tissue")}
+    return {k: rec.read(k, slice(None)) for k in (*BRANCHES, *LABELS, "centers", "tissue")}
 
 
 def read_level(levels, level: int, ratio: int, x0: float, y0: float, size: int) -> np.ndarray:
@@ -86,7 +87,7 @@ def test_triplets_equal_direct_reads_at_three_scales(tmp_path, slide):
             if x0 % ratio or y0 % ratio:
                 continue  # off the level's pixel grid: checked in the resampling test
             ref = read_level(levels, level, ratio, x0, y0, P)
-            np.testing.assert_array_equal(a[IMAGES[b]][i], ref, err_msg=f"patch {i} x{b + 1}")
+            np.testing.assert_array_equal(a[BRANCHES[b]][i], ref, err_msg=f"patch {i} x{b + 1}")
             checked += 1
     assert checked > 3 * len(a["x1"]) - 2 * 25 - 2 * 19  # all but the shifted patches
 

@@ -1,5 +1,5 @@
 """``msn tile`` on bad input: one line naming the file and the problem, a non-zero exit, no
-traceback, and the slides already in the store untouched (DESIGN.md §5).
+traceback, and the slides already in the store untouched (docs/architecture.md §5).
 
 Every case runs against a copy of a store that already holds one complete slide, ``good``;
 its arrays and attributes are checksummed before and after.

@@ -12,6 +12,8 @@ from test_train_support import FAST, cli, kill_in_second_epoch, make_store, same
 
 from msn_cli.io.checkpoints import CheckpointDir
 from msn_cli.io.dataset import PatchDataset
+from msn_cli.models.base import OutputGradient
+from msn_cli.models.fusion import sigma_from_gradients
 from msn_cli.models.layers import upsample
 from msn_cli.runtime import to_input
 from msn_cli.stages.train_fusion import train_fusion
@@ -121,11 +123,11 @@ def test_fusion_cache_is_the_model_and_sigma_is_stored(trained, tmp_path):
         s1_cached = upsample(torch.from_numpy(np.load(cache / "s1.npy")[rows]).float(), (64, 64))
         assert torch.allclose(s1, s1_cached, atol=0.05)
         y1 = batch["y1"]
-        sigma = model.support_sigma(*x, y1)
+        sigma = sigma_from_gradients(*model.support_gradients(*x, y1))
     g1, g2, c1, c2 = (
         torch.from_numpy(np.load(cache / f"{k}.npy")[rows]) for k in ("g1", "g2", "c1", "c2")
     )
-    cached = torch.cat([g1.sum(0) / c1.sum(), g2.sum(0) / c2.sum()])
+    cached = sigma_from_gradients(OutputGradient(g1, c1), OutputGradient(g2, c2))
     assert torch.allclose(sigma, cached, atol=1e-5)
     fused = model(*x).s
     assert fused.shape == (2, 4, 64, 64) and torch.isfinite(fused).all()

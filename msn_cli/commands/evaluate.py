@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -180,11 +181,6 @@ def evaluate(
     `msn evaluate --compare msn.json bisenet.json --markdown table.md` ·
     `msn evaluate --compare ckpt/memrm ckpt_unet/meta --curve x1 --labels MSN,U-Net --plot f5.png`
     """
-    from msn_cli.evaluation import report
-    from msn_cli.io.guard import refuse_overwrite
-    from msn_cli.stages import evaluate as stage
-
-    slide_mode = pred is not None or manifest is not None
     if runs and not compare:
         raise MsnUsageError("RUNS", "result files are compared with --compare")
     for option, value in (("--curve", curve), ("--columns", columns), ("--title", title)):
@@ -192,65 +188,95 @@ def evaluate(
             raise MsnUsageError(option, "only with --compare")
     if plot is not None and curve is None:
         raise MsnUsageError("--plot", "only with --compare --curve (it plots the curves)")
+    slide_mode = pred is not None or manifest is not None
     if compare:
-        if not runs:
-            what = "stage folders (or history.jsonl)" if curve else "result JSON files"
-            raise MsnUsageError("--compare", f"give the {what} to compare")
-        if slide_mode or figures is not None or json_out is not None or outputs is not None:
-            raise MsnUsageError(
-                "--compare",
-                "--compare takes only RUNS, --labels, --columns, --title, --curve, --plot, "
-                "--csv, --markdown",
-            )
-        names = _names(labels) if labels else None
-        if names is not None and len(names) != len(runs):
-            raise MsnUsageError("--labels", f"{len(names)} label(s) for {len(runs)} run(s)")
-        refuse_overwrite([("--csv", csv), ("--markdown", markdown), ("--plot", plot)], runs)
-        if curve is not None:
-            if columns is not None:
-                raise MsnUsageError("--columns", "not with --curve (its columns are the runs)")
-            table = stage.compare_curves(
-                runs, _names(curve) or [], names, csv, markdown, plot, title
-            )
-        else:
-            table = stage.compare_results(runs, names, csv, markdown, _names(columns), title)
-        report.print_comparison(table)
-        return
-    if labels is not None:
+        scoring = slide_mode or figures is not None or json_out is not None or outputs is not None
+        _compare(runs, labels, columns, title, curve, plot, csv, markdown, scoring=scoring)
+    elif labels is not None:
         raise MsnUsageError("--labels", "only with --compare (name this run with --method)")
-    if slide_mode:
+    elif slide_mode:
         if figures is not None or outputs is not None:
             what = "--figures" if figures is not None else "--outputs"
             raise MsnUsageError(what, "belongs to store mode (--store, --checkpoints)")
-        if unannotated not in ("normal", "ignore"):
-            raise MsnUsageError("--unannotated", f"{unannotated!r} is not normal or ignore")
-        if manifest is not None:
-            if pred or truth or slide:
-                raise MsnUsageError("--manifest", "give --manifest or --pred/--truth, not both")
-            pairs = stage.read_pairs(manifest)
-        else:
-            if truth is None:
-                raise MsnUsageError("--truth", "--pred needs --truth (annotations or label mask)")
-            pairs = [stage.SlidePair(pred, truth, slide)]  # type: ignore[arg-type]
-        ins = [manifest, *(f for p in pairs for f in (p.pred, p.truth, p.slide))]
-        refuse_overwrite([("--json", json_out), ("--csv", csv), ("--markdown", markdown)], ins)
-        if classes is not None:
-            names = parse_classes(classes)
-        else:
-            names = stage.recorded_classes(pairs) or parse_classes(DEFAULT_CLASSES)
-        if mask_values is not None:
-            from msn_cli.io.annotations import parse_mask_values
-
-            parse_mask_values(mask_values, names)
-        result = stage.evaluate_slide_pairs(
-            pairs, names, unannotated, mask_values, method, json_out
-        )
-        report.print_slides(result)
-        stage.single_table(result, csv, markdown)
-        return
-    if truth is not None or slide is not None:
+        _slides(pred, truth, slide, manifest, classes, unannotated, mask_values, method,
+                json_out, csv, markdown)  # fmt: skip
+    elif truth is not None or slide is not None:
         raise MsnUsageError("--truth", "--truth and --slide belong with --pred")
+    else:
+        _store(store, checkpoints, split, batch_size, device, workers, method, outputs,
+               json_out, csv, markdown, figures, figure_patches)  # fmt: skip
+
+
+def _compare(runs, labels, columns, title, curve, plot, csv, markdown, scoring: bool) -> None:
+    """``--compare``: earlier results, or training curves (``--curve``), side by side."""
+    from msn_cli.io.guard import refuse_overwrite
+    from msn_cli.report import print_comparison
+    from msn_cli.stages.evaluate import compare_curves, compare_results
+
+    if not runs:
+        what = "stage folders (or history.jsonl)" if curve else "result JSON files"
+        raise MsnUsageError("--compare", f"give the {what} to compare")
+    if scoring:
+        raise MsnUsageError(
+            "--compare",
+            "--compare takes only RUNS, --labels, --columns, --title, --curve, --plot, "
+            "--csv, --markdown",
+        )
+    names = _names(labels) if labels else None
+    if names is not None and len(names) != len(runs):
+        raise MsnUsageError("--labels", f"{len(names)} label(s) for {len(runs)} run(s)")
+    refuse_overwrite([("--csv", csv), ("--markdown", markdown), ("--plot", plot)], runs)
+    if curve is not None:
+        if columns is not None:
+            raise MsnUsageError("--columns", "not with --curve (its columns are the runs)")
+        table = compare_curves(runs, _names(curve) or [], names, csv, markdown, plot, title)
+    else:
+        table = compare_results(runs, names, csv, markdown, _names(columns), title)
+    print_comparison(table)
+
+
+def _slides(pred, truth, slide, manifest, classes, unannotated, mask_values, method,
+            json_out, csv, markdown) -> None:  # fmt: skip
+    """Slide mode: predicted masks against annotations or label masks (``--pred``/``--truth``
+    or a ``--manifest`` of pairs), per slide and pooled."""
+    from msn_cli.evaluation.slides import SlidePair, read_pairs, recorded_classes
+    from msn_cli.io.guard import refuse_overwrite
+    from msn_cli.report import print_slides
+    from msn_cli.stages.evaluate import evaluate_slide_pairs, single_table
+
+    if unannotated not in ("normal", "ignore"):
+        raise MsnUsageError("--unannotated", f"{unannotated!r} is not normal or ignore")
+    if manifest is not None:
+        if pred or truth or slide:
+            raise MsnUsageError("--manifest", "give --manifest or --pred/--truth, not both")
+        pairs = read_pairs(manifest)
+    else:
+        if truth is None:
+            raise MsnUsageError("--truth", "--pred needs --truth (annotations or label mask)")
+        pairs = [SlidePair(pred, truth, slide)]
+    ins = [manifest, *(f for p in pairs for f in (p.pred, p.truth, p.slide))]
+    refuse_overwrite([("--json", json_out), ("--csv", csv), ("--markdown", markdown)], ins)
+    if classes is not None:
+        names = parse_classes(classes)
+    else:
+        names = recorded_classes(pairs) or parse_classes(DEFAULT_CLASSES)
+    if mask_values is not None:
+        from msn_cli.io.annotations import parse_mask_values
+
+        parse_mask_values(mask_values, names)
+    result = evaluate_slide_pairs(pairs, names, unannotated, mask_values, method, json_out)
+    print_slides(result)
+    single_table(result, csv, markdown)
+
+
+def _store(store, checkpoints, split, batch_size, device, workers, method, outputs,
+           json_out, csv, markdown, figures, figure_patches) -> None:  # fmt: skip
+    """Store mode: every output of the checkpoint on one split of the patch store (the
+    paper's tables), with per-class IoU, confusion matrices and optional figures."""
+    from msn_cli.io.guard import refuse_overwrite
     from msn_cli.io.store import SPLITS
+    from msn_cli.report import print_comparison, print_store_details
+    from msn_cli.stages.evaluate import evaluate_store, single_table
 
     if split not in SPLITS:
         raise MsnUsageError("--split", f"{split!r} is not one of {', '.join(SPLITS)}")
@@ -263,23 +289,13 @@ def evaluate(
         folders=[store],
     )
     if workers is None:
-        import os
-
         workers = min(4, max(0, (os.cpu_count() or 1) - 1))
-    result, written = stage.evaluate_store(
-        store,
-        checkpoints,
-        split,
-        batch_size,
-        device,
-        method,
-        json_out,
-        figures,
-        figure_patches,
-        workers,
-        [o.strip() for o in outputs.split(",") if o.strip()] if outputs is not None else None,
-    )
-    report.print_comparison(stage.single_table(result, csv, markdown))
-    report.print_store_details(result)
+    scored = [o.strip() for o in outputs.split(",") if o.strip()] if outputs is not None else None
+    result, written = evaluate_store(
+        store, checkpoints, split, batch_size, device, method,
+        json_out, figures, figure_patches, workers, scored,
+    )  # fmt: skip
+    print_comparison(single_table(result, csv, markdown))
+    print_store_details(result)
     for p in written:
         typer.echo(f"wrote {p}")

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import traceback
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from msn_cli.console import error, reported, state
+from msn_cli.console import reported
 from msn_cli.errors import MsnUsageError
 from msn_cli.options import (
     DEFAULT_CHECKPOINTS,
@@ -18,7 +17,6 @@ from msn_cli.options import (
     WorkersOpt,
     parse_classes,
     parse_device,
-    parse_shard,
 )
 
 MASK_SUFFIXES = (".tif", ".tiff")
@@ -113,23 +111,21 @@ def predict(
 
     Example: `msn predict slide.svs --checkpoints ckpt --out mask.tif --geojson mask.geojson`
     """
-    from msn_cli.io.manifest import read_manifest
-    from msn_cli.stages.predict import PredictConfig
+    from msn_cli.commands.batch import finish, shard_slice, slide_rows
+    from msn_cli.prediction.config import PredictConfig
+    from msn_cli.report import print_predict_results
     from msn_cli.stages.predict import predict as run_predict
 
     parse_device(device)
-    index, count = parse_shard(shard)
+    mine = shard_slice(shard)
     if out is None:
         raise MsnUsageError("--out", "give the mask file (mask.tif) or an output folder")
-    paths = [r.slide for r in read_manifest(manifest)] if manifest else []
-    paths += list(slides or [])
-    if not paths:
-        raise MsnUsageError("SLIDE", "give at least one slide or --manifest")
+    paths = [r.slide for r in slide_rows(slides, manifest)]
     expected = parse_classes(classes) if classes else None
     folder = len(paths) > 1 or out.is_dir() or out.suffix.lower() not in MASK_SUFFIXES
     suffix = ".ome.tif" if mask_format == "ome-tiff" else ".tif"
     jobs = [_job(p, out, folder, probabilities, geojson, overlay, suffix) for p in paths]
-    jobs = jobs[index::count]
+    jobs = jobs[mine]
     _refuse_overwriting_inputs(jobs, Path(checkpoints), manifest)
     config = PredictConfig(
         checkpoints=Path(checkpoints),
@@ -145,22 +141,13 @@ def predict(
         geojson_type=geojson_type,
         mask_format=mask_format,
     )
-    results = run_predict(jobs, config)
-    if any(r.status != "failed" for r in results):
-        _print_results(results)
-    failed = [r for r in results if r.status == "failed"]
-    for r in failed:
-        if state["debug"] and r.exc is not None:
-            traceback.print_exception(r.exc)
-        error(r.error or f"{r.slide}: failed")
-    if failed:
-        raise typer.Exit(1)
+    finish(run_predict(jobs, config), print_predict_results)
 
 
 def _refuse_overwriting_inputs(jobs, checkpoints: Path, manifest: Path | None) -> None:
     """No mask, probability map, GeoJSON or overlay may land on a slide, the annotations
     beside it, the manifest or the checkpoints (one line, before any work)."""
-    from msn_cli.io.annotations import annotations_beside
+    from msn_cli.commands.batch import slide_inputs
     from msn_cli.io.guard import refuse_overwrite
 
     model = [checkpoints, checkpoints / "model.json"]
@@ -168,19 +155,15 @@ def _refuse_overwriting_inputs(jobs, checkpoints: Path, manifest: Path | None) -
     for job in jobs:
         outputs = [("--out", job.out), ("--probabilities", job.probabilities),
                    ("--geojson", job.geojson), ("--overlay", job.overlay)]  # fmt: skip
-        data = job.slide.parent / job.slide.stem  # an MRXS slide's data folder
-        refuse_overwrite(
-            outputs,
-            files=[job.slide, *annotations_beside(job.slide), manifest, *model],
-            folders=[data] if data.is_dir() else [],
-        )
+        files, folders = slide_inputs(job.slide)
+        refuse_overwrite(outputs, files=[*files, manifest, *model], folders=folders)
 
 
 def _job(slide: Path, out: Path, folder: bool, probs, geojson, overlay, suffix: str = ".tif"):
     """Output paths of one slide: the given files, or ``<folder>/<slide>.<ext>`` in folder mode
     (the mask ``<slide><suffix>``; --probabilities/--geojson/--overlay name folders too)."""
     from msn_cli.io.store import slide_stem
-    from msn_cli.stages.predict import PredictJob
+    from msn_cli.prediction.config import PredictJob
 
     if not folder:
         return PredictJob(slide, out, probs, geojson, overlay)
@@ -192,26 +175,3 @@ def _job(slide: Path, out: Path, folder: bool, probs, geojson, overlay, suffix: 
         geojson / f"{stem}.geojson" if geojson else None,
         overlay / f"{stem}.png" if overlay else None,
     )
-
-
-def _print_results(results) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title="msn predict")
-    for col in ("slide", "status", "mask", "patches", "predicted", "Mpx", "seconds", "Mpx/s"):
-        table.add_column(col, justify="left" if col in ("slide", "status", "mask") else "right")
-    for r in results:
-        rate = f"{r.megapixels / r.seconds:.1f}" if r.seconds > 0 and r.megapixels else "-"
-        status = r.status + (f" ({r.bands_reused} bands kept)" if r.bands_reused else "")
-        table.add_row(
-            r.slide.name,
-            status,
-            str(r.out),
-            str(r.n_grid),
-            str(r.n_predicted),
-            f"{r.megapixels:.1f}",
-            f"{r.seconds:.1f}",
-            rate,
-        )
-    Console(soft_wrap=True).print(table)

@@ -79,21 +79,6 @@ def _config(cls, values: dict):
     return cls(**{k: v for k, v in values.items() if k in names})
 
 
-def _report(result) -> None:
-    if result.rank != 0:
-        return
-    if result.note:
-        typer.echo(f"{result.directory}: {result.note} (add --epochs N to train further)")
-        return
-    last = result.history[-1] if result.history else {}
-    scores = ", ".join(
-        f"{k.replace('_miou_', ' mIoU ')} {v:.3f}"
-        for k, v in last.items()
-        if "miou" in k and isinstance(v, float) and v == v
-    )
-    typer.echo(f"{result.directory}: {result.epochs_run} epoch(s) trained; {scores or 'done'}")
-
-
 @reported
 def train_meta(
     store: StoreOpt = DEFAULT_STORE,
@@ -136,10 +121,11 @@ def train_meta(
     Example: `msn train-meta --store store.zarr --checkpoints ckpt --epochs 30` ·
     `msn train-meta --store store.zarr --checkpoints ckpt --pretrained imagenet`
     """
+    from msn_cli.report import print_training
     from msn_cli.stages.train_meta import train_meta as run
     from msn_cli.training.config import MetaConfig
 
-    _report(run(_config(MetaConfig, locals())))
+    print_training(run(_config(MetaConfig, locals())))
 
 
 @reported
@@ -184,10 +170,11 @@ def train_memrm(
 
     Example: `msn train-memrm --store store.zarr --checkpoints ckpt --epochs 10`
     """
+    from msn_cli.report import print_training
     from msn_cli.stages.train_memrm import train_memrm as run
     from msn_cli.training.config import MemRMConfig
 
-    _report(run(_config(MemRMConfig, locals())))
+    print_training(run(_config(MemRMConfig, locals())))
 
 
 @reported
@@ -240,7 +227,8 @@ def train_fusion(
     Example: `msn train-fusion --store store.zarr --checkpoints ckpt --epochs 10` ·
     `msn train-fusion --experts b_x1,b_x2,b_x3 --checkpoints awmf --method awmf --alternate`
     """
+    from msn_cli.report import print_training
     from msn_cli.stages.train_fusion import train_fusion as run
     from msn_cli.training.config import FusionConfig
 
-    _report(run(_config(FusionConfig, locals())))
+    print_training(run(_config(FusionConfig, locals())))

@@ -57,7 +57,9 @@ Slide mode JSON (``msn evaluate --pred mask.tif --truth labels --json FILE``)
 
 from __future__ import annotations
 
+# OUTPUTS and TARGETS are defined in msn_cli.vocab; evaluation/report.py still imports them here.
+from msn_cli.vocab import OUTPUTS, TARGETS
+
+__all__ = ["OUTPUTS", "SCHEMA_VERSION", "TARGETS"]
+
 SCHEMA_VERSION = 1
-OUTPUTS = ("x1", "x2", "x3", "fusion")
-#: The label each output is scored against.
-TARGETS = {"x1": "y1", "x2": "y2", "x3": "y3", "fusion": "y1"}

@@ -33,6 +33,7 @@ from typing import Any
 
 from msn_cli.errors import MsnError, MsnUsageError
 from msn_cli.io.atomic import atomic_write_text
+from msn_cli.vocab import OUTPUTS
 
 #: ``--columns`` names and their headers, in the paper's order.
 STORE_FIELDS = {
@@ -43,7 +44,7 @@ STORE_FIELDS = {
     "x3": "X3",
     "fusion": "Fusion",
 }
-DEFAULT_COLUMNS = ("params", "x1", "x2", "x3", "fusion")
+DEFAULT_COLUMNS = ("params", *OUTPUTS)
 #: Parameter columns and their result keys (millions; ``fusion_params_m`` is newer: absent = null).
 _PARAM_KEYS = {"params": "params_m", "fusion-params": "fusion_params_m"}
 

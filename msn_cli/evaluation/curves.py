@@ -6,7 +6,7 @@ directly: one JSON object per epoch, ``epoch`` counted from 1 as the training lo
 ``x3``, ``fusion``) the curve is ``val_miou_<name>``, or ``train_miou_<name>`` where no record
 of that run has the validation key (the header then says ``(train)``). The result is a
 :class:`~msn_cli.evaluation.compare.Comparison` (rows = epochs, one column per run and output),
-so it prints and writes like the result tables; :func:`plot_curves` draws it.
+so it prints and writes like the result tables; :func:`msn_cli.plots.plot_curves` draws it.
 
 Example:
     >>> hist = [{"epoch": 1, "val_miou_x1": 0.30}, {"epoch": 2, "val_miou_x1": 0.41}]
@@ -20,46 +20,30 @@ Example:
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from msn_cli.errors import MsnError, MsnUsageError
-from msn_cli.evaluation import OUTPUTS
 from msn_cli.evaluation.compare import STORE_FIELDS, Comparison, checked_names
+from msn_cli.io import checkpoints
+from msn_cli.io.checkpoints import HISTORY
+from msn_cli.vocab import OUTPUTS
 
-HISTORY = "history.jsonl"
 DEFAULT_TITLE = "mIoU (%) per epoch"
 
 History = list[dict[str, Any]]
 
 
 def read_history(path: str | Path) -> History:
-    """The records of a stage folder's ``history.jsonl`` (or of that file itself)."""
+    """The records of a run: a stage folder's ``history.jsonl`` (or that file itself), read
+    by :func:`msn_cli.io.checkpoints.read_history`; a run without epochs is an error."""
     path = Path(path)
     file = path / HISTORY if path.is_dir() else path
     if not file.is_file():
         raise MsnError(path, f"no {HISTORY} here; train this stage first")
-    try:
-        lines = file.read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise MsnError(file, f"unreadable history: {exc}") from None
-    records: History = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise MsnError(file, f"line {n}: not JSON ({exc.msg})") from None
-        if not isinstance(record, dict):
-            raise MsnError(file, f"line {n}: not a JSON object")
-        epoch = record.get("epoch", len(records) + 1)
-        if isinstance(epoch, bool) or not isinstance(epoch, int):
-            raise MsnError(file, f"line {n}: epoch {epoch!r} is not a whole number")
-        records.append({**record, "epoch": epoch})
+    records = checkpoints.read_history(file)
     if not records:
         raise MsnError(file, "no epochs recorded yet; train this stage first")
     return records
@@ -137,27 +121,3 @@ def curves(
     return curve_table(
         [(s, read_history(p)) for s, p in zip(shown, paths, strict=True)], names, title
     )
-
-
-def plot_curves(table: Comparison, path: Path) -> None:
-    """One line per column of a :func:`curve_table` (mIoU in percent against the epoch)."""
-    from msn_cli.training.plots import _figure, _save
-
-    plt = _figure()
-    from matplotlib.ticker import MaxNLocator
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for j, header in enumerate(table.columns[1:], 1):
-        points = [(row[0], 100 * row[j]) for row in table.rows if row[j] is not None]
-        if points:
-            xs, ys = zip(*points, strict=True)
-            ax.plot(xs, ys, marker="o", markersize=3, label=header)
-    ax.set(xlabel="epoch", ylabel="mIoU (%)", title=table.title)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    if ax.lines:
-        ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    try:
-        _save(fig, path)
-    finally:
-        plt.close(fig)

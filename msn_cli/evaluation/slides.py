@@ -26,8 +26,9 @@ from msn_cli.errors import MsnError
 from msn_cli.evaluation import SCHEMA_VERSION
 from msn_cli.evaluation.results import scores
 from msn_cli.io.manifest import read_rows, resolve
-from msn_cli.io.rasterise import IGNORE
+from msn_cli.io.maskreader import TiffMask, read_description
 from msn_cli.metrics import ConfusionMatrix
+from msn_cli.vocab import IGNORE
 
 #: Target side of one streamed window, in mask pixels (rounded to whole TIFF tiles).
 WINDOW = 2048
@@ -62,29 +63,26 @@ def read_pairs(path: str | os.PathLike[str]) -> list[SlidePair]:
 
 
 class MaskReader:
-    """Level-0 page of a class-index TIFF, read in tile-aligned windows."""
+    """Level-0 page of a class-index TIFF, read in tile-aligned windows (a checked
+    :class:`~msn_cli.io.maskreader.TiffMask`)."""
 
     def __init__(self, path: Path) -> None:
-        import tifffile
-        import zarr
-
         self.path = path
         if not path.is_file():
             raise MsnError(path, "no such prediction mask")
         try:
-            self._tif = tifffile.TiffFile(path)
+            self._mask = TiffMask(path)
         except Exception as exc:
             raise MsnError(path, f"not a readable TIFF: {exc}") from None
         try:
-            series = self._tif.series[0]
+            series = self._mask.series
             page = series.levels[0].pages[0]
             shape = tuple(series.levels[0].shape)
             squeezed = [s for s in shape if s != 1]
             if len(squeezed) != 2 or np.dtype(series.dtype).kind not in "ub":
                 raise MsnError(path, f"prediction must be a 2-D unsigned mask, got {shape}")
-            self._z = zarr.open_array(self._tif.aszarr(series=0, level=0), mode="r")
-            self._shape = shape
-            self._axes = [i for i, n in enumerate(shape) if n != 1][:2]
+            rows, cols = [i for i, n in enumerate(shape) if n != 1][:2]
+            self._mask.open_pixels((rows, cols))
             self.height, self.width = squeezed
             tile_h = getattr(page, "tilelength", 0) or getattr(page, "rowsperstrip", 0) or 256
             tile_w = getattr(page, "tilewidth", 0) or self.width
@@ -102,12 +100,10 @@ class MaskReader:
 
     def read(self, y: int, x: int, h: int, w: int) -> np.ndarray:
         """``(h, w)`` window at row ``y``, column ``x``."""
-        index: list[Any] = [0] * len(self._shape)
-        index[self._axes[0]], index[self._axes[1]] = slice(y, y + h), slice(x, x + w)
-        return np.asarray(self._z[tuple(index)])
+        return self._mask.read(slice(y, y + h), slice(x, x + w))
 
     def close(self) -> None:
-        self._tif.close()
+        self._mask.close()
 
 
 def _downsample(pred: MaskReader, size: tuple[int, int]) -> float:
@@ -189,8 +185,6 @@ def recorded_classes(pairs: Sequence[SlidePair]) -> tuple[str, ...] | None:
 
     Masks recording different class lists are refused: pass ``--classes`` to choose.
     """
-    from msn_cli.io.maskwriter import read_description
-
     found = set()
     for pair in pairs:
         desc = read_description(pair.pred) if pair.pred.is_file() else None

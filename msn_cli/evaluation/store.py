@@ -13,13 +13,14 @@ import numpy as np
 import torch
 
 from msn_cli.errors import MsnError
-from msn_cli.evaluation import OUTPUTS, SCHEMA_VERSION, TARGETS
+from msn_cli.evaluation import SCHEMA_VERSION
 from msn_cli.evaluation.results import scores
 from msn_cli.io.checkpoints import CheckpointDir
 from msn_cli.io.dataset import PatchDataset
 from msn_cli.io.store import PatchStore
 from msn_cli.metrics import ConfusionMatrix
 from msn_cli.models.layers import count_parameters
+from msn_cli.vocab import BRANCHES, LABELS, OUTPUTS, TARGETS
 
 
 @dataclass
@@ -136,7 +137,7 @@ def evaluate_store(
 
     with progress(f"evaluate {split}", total=n, unit="patches") as bar, torch.inference_mode():
         for batch in loader:
-            xs = [to_input(batch[b], dev, normalize=card.normalize) for b in ("x1", "x2", "x3")]
+            xs = [to_input(batch[b], dev, normalize=card.normalize) for b in BRANCHES]
             logits = run_branches(model, stages, card, *xs, outputs=outputs)
             preds = {o: logits[o].argmax(1).to(torch.uint8).cpu() for o in outputs}
             for o in outputs:
@@ -151,9 +152,9 @@ def evaluate_store(
                 for i in rows:
                     slide, p = ds.locate(int(batch["index"][i]))
                     names.append(f"{slide}#{p}")
-                    for b in ("x1", "x2", "x3"):
+                    for b in BRANCHES:
                         kept.setdefault(b, []).append(batch[b][i].permute(1, 2, 0).numpy())
-                    for y in ("y1", "y2", "y3"):
+                    for y in LABELS:
                         kept.setdefault(y, []).append(batch[y][i].numpy())
                     for o in outputs:
                         kept.setdefault("p_" + o, []).append(preds[o][i].numpy())

@@ -1,4 +1,6 @@
-"""Files appear whole or not at all: write a temporary name, then rename (DESIGN.md §5)."""
+"""Files appear whole or not at all: write a temporary name, then rename.
+
+See docs/architecture.md §5 (reliability)."""
 
 from __future__ import annotations
 

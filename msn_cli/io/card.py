@@ -25,12 +25,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from msn_cli.io.store import MAX_PATCH_SIZE, StoreSpec
+from msn_cli.vocab import BRANCHES, IGNORE
 
 SCHEMA_VERSION = 1
-#: The branches a meta stage can be trained on (``x3`` for MSN).
-INPUTS = ("x1", "x2", "x3")
-#: Most classes a label image can hold (uint8; 255 is ignore).
-MAX_CLASSES = 255
+#: Most classes a label image can hold (uint8; the value 255 is the ignore label).
+MAX_CLASSES = IGNORE
 #: Bounds of a recorded normalisation (pixels are in [0, 1] before it).
 MEAN_RANGE = (0.0, 1.0)
 STD_RANGE = (1e-3, 10.0)
@@ -272,8 +271,8 @@ def parse_card(raw: Any) -> ModelCard:
     if why:
         raise ValueError(f"classes: {why}")
     inp = raw.get("input", "x3")
-    if inp not in INPUTS:
-        raise ValueError(f"input: expected one of {list(INPUTS)}, got {_show(inp)}")
+    if inp not in BRANCHES:  # the branch a meta stage was trained on (``x3`` for MSN)
+        raise ValueError(f"input: expected one of {list(BRANCHES)}, got {_show(inp)}")
     extra = raw.get("extra", {})
     if not isinstance(extra, dict):
         raise ValueError(f"extra: expected an object, got {_show(extra)}")

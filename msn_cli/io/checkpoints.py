@@ -1,4 +1,5 @@
-"""The checkpoint directory (DESIGN.md §1): the only module that knows its layout.
+"""The checkpoint directory (docs/architecture.md, "The two contracts"): the only module that
+knows its layout.
 
 ::
 
@@ -9,6 +10,13 @@
         weights.pt          the stage's final weights (its part of the model only)
         config.json         the resolved configuration the stage ran with
         history.jsonl       one JSON object per epoch (loss, mIoU, seconds, ...)
+        curves.png          the history drawn (loss and mIoU per epoch)
+        cache/              frozen features or outputs, computed once (memrm, fusion)
+      memrm/gap_layers.json the Fig. 1 activation statistics and the chosen gap layers
+      memrm/gap_layers.png  the same, drawn
+
+:class:`StageDir` names each of a stage folder's files (``stage.history``,
+``stage.curves``, ...), and :func:`read_history` is the one reader of ``history.jsonl``.
 
 A directory of independent experts (``msn train-fusion --experts X1DIR,X2DIR,X3DIR``: the
 paper's "Multi-branch" and AWMF-CNN systems) holds ``experts/`` (the three imported
@@ -52,6 +60,18 @@ COMMANDS = {
 }
 
 
+#: The file names of the directory and of a stage folder (see the module docstring).
+MODEL_JSON = "model.json"
+LAST = "last.pt"
+WEIGHTS = "weights.pt"
+CONFIG = "config.json"
+HISTORY = "history.jsonl"
+CURVES = "curves.png"
+GAP_STATS = "gap_layers.json"
+GAP_FIGURE = "gap_layers.png"
+CACHE = "cache"
+
+
 class StageDir:
     """One stage's folder: typed paths and atomic reads/writes of its files."""
 
@@ -60,10 +80,47 @@ class StageDir:
             raise ValueError(f"unknown stage {name!r}; expected one of {STAGES}")
         self.name = name
         self.dir = root / name
-        self.last = self.dir / "last.pt"
-        self.weights = self.dir / "weights.pt"
-        self.config = self.dir / "config.json"
-        self.history = self.dir / "history.jsonl"
+
+    # -- its files ------------------------------------------------------------------------
+    @property
+    def last(self) -> Path:
+        """``last.pt``: everything a resume needs."""
+        return self.dir / LAST
+
+    @property
+    def weights(self) -> Path:
+        """``weights.pt``: the stage's final weights, written last."""
+        return self.dir / WEIGHTS
+
+    @property
+    def config(self) -> Path:
+        """``config.json``: the resolved configuration the stage ran with."""
+        return self.dir / CONFIG
+
+    @property
+    def history(self) -> Path:
+        """``history.jsonl``: one JSON object per epoch."""
+        return self.dir / HISTORY
+
+    @property
+    def curves(self) -> Path:
+        """``curves.png``: the history drawn."""
+        return self.dir / CURVES
+
+    @property
+    def gap_stats(self) -> Path:
+        """``gap_layers.json`` (memrm): the Fig. 1 statistics and the chosen gap layers."""
+        return self.dir / GAP_STATS
+
+    @property
+    def gap_figure(self) -> Path:
+        """``gap_layers.png`` (memrm): the Fig. 1 statistics drawn."""
+        return self.dir / GAP_FIGURE
+
+    @property
+    def cache(self) -> Path:
+        """``cache/``: what the stage computes once from frozen parts (memrm, fusion)."""
+        return self.dir / CACHE
 
     @property
     def complete(self) -> bool:
@@ -71,6 +128,7 @@ class StageDir:
         return self.weights.is_file()
 
     def file(self, name: str) -> Path:
+        """Any file of the folder by name (prefer the named properties above)."""
         return self.dir / name
 
     # -- torch files ----------------------------------------------------------------------
@@ -103,12 +161,8 @@ class StageDir:
         atomic_write_text(self.history, "".join(json.dumps(r) + "\n" for r in records))
 
     def read_history(self) -> list[dict[str, Any]]:
-        if not self.history.is_file():
-            return []
-        try:
-            return [json.loads(line) for line in self.history.read_text().splitlines() if line]
-        except json.JSONDecodeError as exc:
-            raise MsnError(self.history, f"corrupt history: {exc}") from exc
+        """The epochs recorded so far ([] before the first; see :func:`read_history`)."""
+        return read_history(self.history) if self.history.is_file() else []
 
     def reset(self) -> None:
         """Remove the stage's files (``--restart``)."""
@@ -122,7 +176,7 @@ class CheckpointDir:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self.model_json = self.path / "model.json"
+        self.model_json = self.path / MODEL_JSON
 
     def stage(self, name: str) -> StageDir:
         return StageDir(self.path, name)
@@ -246,6 +300,31 @@ def load_checkpoint_file(path: str | os.PathLike[str]) -> Any:
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise MsnError(path, f"not a loadable msn checkpoint (refused: {first[:200]})") from exc
+
+
+def read_history(file: Path) -> list[dict[str, Any]]:
+    """The records of a ``history.jsonl``: one JSON object per line (blank lines skipped),
+    ``epoch`` counted from 1 (the line's rank where a record lacks it). A bad line is a
+    one-line error naming the file and the line."""
+    try:
+        lines = file.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MsnError(file, f"unreadable history: {exc}") from None
+    records: list[dict[str, Any]] = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise MsnError(file, f"line {n}: not JSON ({exc.msg})") from None
+        if not isinstance(record, dict):
+            raise MsnError(file, f"line {n}: not a JSON object")
+        epoch = record.get("epoch", len(records) + 1)
+        if isinstance(epoch, bool) or not isinstance(epoch, int):
+            raise MsnError(file, f"line {n}: epoch {epoch!r} is not a whole number")
+        records.append({**record, "epoch": epoch})
+    return records
 
 
 def _read_json(path: Path) -> Any:

@@ -23,7 +23,6 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -98,17 +97,6 @@ class ChunkCodec:
             return ChunkCodec(self.name, FRESH_QUALITY)
         quality, subsampling = source
         return ChunkCodec(self.name, max(quality, COPY_MIN_QUALITY), subsampling)
-
-    def zarr_codecs(self) -> dict[str, Any]:
-        """``serializer`` and ``compressors`` for :meth:`zarr.Group.create_array`."""
-        from zarr.codecs import BytesCodec, ZstdCodec
-
-        if self.name == "zstd":
-            return {"serializer": BytesCodec(), "compressors": ZstdCodec(level=self.level)}
-        from msn_cli.io.zarr_codec import ImageCodec
-
-        image = ImageCodec(self.name, self.level, self.subsampling)
-        return {"serializer": image, "compressors": None}
 
     def encode(self, chunk: np.ndarray) -> bytes:
         """The bytes zarr stores for one whole chunk (C order)."""

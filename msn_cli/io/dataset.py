@@ -21,9 +21,10 @@ import torch
 from torch.utils.data import Dataset
 
 from msn_cli.errors import MsnError
-from msn_cli.io.store import IMAGES, LABELS, PatchStore
+from msn_cli.io.store import PatchStore
+from msn_cli.vocab import BRANCHES, LABELS
 
-FIELDS = (*IMAGES, *LABELS)
+FIELDS = (*BRANCHES, *LABELS)
 Sample = dict[str, torch.Tensor]
 
 
@@ -116,6 +117,6 @@ class PatchDataset(Dataset):
 
 def _tensor(field: str, arr: np.ndarray) -> torch.Tensor:
     # numpy's transpose copy: torch's uint8 permute-copy runs 50x slower on its thread pool
-    if field in IMAGES:
+    if field in BRANCHES:
         arr = arr.transpose(2, 0, 1)
     return torch.from_numpy(np.ascontiguousarray(arr))

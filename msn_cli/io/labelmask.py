@@ -7,8 +7,9 @@ pixels take the mask pixel under their centre (nearest neighbour).
 
 PNGs are read whole (they are photograph-sized): Pillow's decompression-bomb guard is lifted up to
 :data:`MAX_MASK_PIXELS` and anything bigger is refused. TIFFs (tiled, stripped or pyramidal, any
-codec imagecodecs decodes) are read lazily through tifffile's Zarr store: a region reads only the
-tiles it touches, from level 0 of the pyramid. JPEG is refused: lossy compression invents labels.
+codec imagecodecs decodes) are read lazily through tifffile's Zarr store
+(:class:`~msn_cli.io.maskreader.TiffMask`): a region reads only the tiles it touches, from
+level 0 of the pyramid. JPEG is refused: lossy compression invents labels.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from typing import Any
 import numpy as np
 
 from msn_cli.errors import MsnError, MsnUsageError
-from msn_cli.io.rasterise import IGNORE, _check_region, inside_image, match_class
+from msn_cli.io.maskreader import TiffMask
+from msn_cli.io.rasterise import _check_region, inside_image, match_class
+from msn_cli.vocab import IGNORE
 
 MAX_MASK_PIXELS = 2**31
 """Largest PNG mask (in pixels) read whole; bigger masks must be tiled TIFFs."""
@@ -103,9 +106,7 @@ class MaskLabels:
         self.num_classes = num_classes
         self._lut, self._valid = self._build_lut()
         self._labels: np.ndarray | None = None  # PNG: whole mask, already mapped to classes
-        self._zarr: Any = None  # TIFF: lazily opened level-0 zarr array
-        self._tif: Any = None
-        self._layout = "yx"
+        self._mask: TiffMask | None = None  # TIFF: opened at once, reopened lazily (pickles)
         suffix = self.path.suffix.lower()
         if suffix in LOSSY_SUFFIXES:
             raise MsnError(
@@ -159,15 +160,12 @@ class MaskLabels:
             Image.MAX_IMAGE_PIXELS = old
 
     def _open_tiff(self) -> None:
-        import tifffile
-        import zarr
-
         try:
-            tif = tifffile.TiffFile(self.path)
+            mask = TiffMask(self.path)
         except Exception as e:
             raise MsnError(self.path, f"cannot read TIFF mask: {e}") from None
         try:
-            series = tif.series[0]
+            series = mask.series
             shape, dtype = tuple(series.shape), np.dtype(series.dtype)
             layouts = {2: "yx", 3: "yx1" if shape[-1] == 1 else "1yx" if shape[0] == 1 else ""}
             layout = layouts.get(len(shape), "")
@@ -177,34 +175,30 @@ class MaskLabels:
                 )
             if dtype.kind not in "uib":
                 raise MsnError(self.path, f"label mask must hold integers, got {dtype}")
-            z = zarr.open_array(tif.aszarr(series=0, level=0), mode="r")
+            mask.open_pixels((1, 2) if layout == "1yx" else (0, 1))
         except MsnError:
-            tif.close()
+            mask.close()
             raise
         except Exception as e:
-            tif.close()
+            mask.close()
             raise MsnError(self.path, f"cannot read TIFF mask: {e}") from None
-        self._tif, self._zarr, self._layout = tif, z, layout
+        self._mask = mask
         yx = shape[1:] if layout == "1yx" else shape[:2]
         self.mask_size = (int(yx[1]), int(yx[0]))
 
     def _read_window(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        if self._zarr is None:
+        if self._mask is None:
             self._open_tiff()
-        if self._layout == "1yx":
-            return self._zarr.oindex[0, rows, cols]
-        if self._layout == "yx1":
-            return self._zarr.oindex[rows, cols, 0]
-        return self._zarr.oindex[rows, cols]
+        return self._mask.read(rows, cols)
 
     def close(self) -> None:
-        if self._tif is not None:
-            self._tif.close()
-        self._tif = self._zarr = None
+        if self._mask is not None:
+            self._mask.close()
+        self._mask = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_tif"] = state["_zarr"] = None
+        state["_mask"] = None
         return state
 
     # -- values --------------------------------------------------------------------------------

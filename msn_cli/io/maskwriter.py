@@ -22,6 +22,7 @@ per level.
 
 :mod:`msn_cli.io.ometiff` writes the same pyramid as an OME-TIFF (``--format ome-tiff``): same
 levels, tiles, compression and sampling, the reduced levels in level 0's SubIFDs.
+:mod:`msn_cli.io.maskreader` reads either back.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ import json
 import math
 import os
 from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -184,40 +184,3 @@ def write_levels(
             **extra,
         )
     return downsamples
-
-
-def read_description(path: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The JSON msn wrote into a mask (generic TIFF: its ImageDescription; OME-TIFF: the OME
-    Image's Description), or None (not an msn mask, unreadable)."""
-    import tifffile
-
-    from msn_cli.io.ometiff import description_from_ome
-
-    try:
-        with tifffile.TiffFile(path) as tif:
-            text = tif.pages[0].description
-            if not text.startswith(DESCRIPTION_PREFIX) and tif.is_ome:
-                text = description_from_ome(tif.ome_metadata or "") or ""
-    except Exception:  # any unreadable file is "not a finished mask"
-        return None
-    if not text.startswith(DESCRIPTION_PREFIX):
-        return None
-    try:
-        found = json.loads(text[len(DESCRIPTION_PREFIX) :])
-    except json.JSONDecodeError:
-        return None
-    return found if isinstance(found, dict) else None
-
-
-def read_level(path: str | os.PathLike[str], max_side: int) -> tuple[np.ndarray, int]:
-    """The finest level of a mask (generic or OME-TIFF) whose sides are both at most
-    ``max_side`` (else the coarsest), read whole, and its downsample."""
-    import tifffile
-
-    with tifffile.TiffFile(Path(path)) as tif:
-        levels = tif.series[0].levels
-        k = next(
-            (i for i, lv in enumerate(levels) if max(lv.shape[-2:]) <= max_side),
-            len(levels) - 1,
-        )
-        return levels[k].asarray(), FACTOR**k

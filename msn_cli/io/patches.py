@@ -3,11 +3,12 @@
 This is the one implementation of the triplet geometry; ``tile`` and ``predict`` both use it,
 so training and inference see identical inputs.
 
-Geometry (DESIGN.md §2): ``--levels 16x 4x 1x`` are the relative magnifications of X1, X2, X3.
-X1 is read at the base resolution (level-0 downsample ``s1``: 1, or set by ``--mpp``), X2 at
-``s1 * 16/4`` and X3 at ``s1 * 16/1``. X1 tiles the image left to right, top to bottom, without
-overlap, the last patch of each row and column shifted back inside the image; X2 and X3 share
-X1's centre and are zero-padded outside the image.
+Geometry (how msn reads the paper here; docs/architecture.md §4): ``--levels 16x 4x 1x`` are
+the relative magnifications of X1, X2, X3. X1 is read at the base resolution (level-0
+downsample ``s1``: 1, or set by ``--mpp``), X2 at ``s1 * 16/4`` and X3 at ``s1 * 16/1``. X1
+tiles the image left to right, top to bottom, without overlap, the last patch of each row and
+column shifted back inside the image; X2 and X3 share X1's centre and are zero-padded outside
+the image.
 """
 
 from __future__ import annotations
@@ -21,8 +22,6 @@ import numpy as np
 
 from msn_cli.errors import MsnError, MsnUsageError
 from msn_cli.io.slide import Slide, cut, level_box, read_padded, resample_margin
-
-BRANCHES = ("x1", "x2", "x3")
 
 
 @dataclass(frozen=True)

@@ -24,10 +24,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from msn_cli.errors import MsnError, MsnUsageError
-
-IGNORE = 255
-"""Label of pixels outside the image (and of unannotated pixels with ``background=IGNORE``)."""
-
+from msn_cli.vocab import IGNORE  # also imported from here by stages/evaluate.py
 
 BACH_CLASSES = ("normal", "benign", "in situ", "invasive")
 BACH_ALIASES: dict[str, str] = {

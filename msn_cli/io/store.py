@@ -26,6 +26,12 @@ the tiling parameters, the ``layout`` (each image's level-0 origin, downsample a
 chunking and the codec) and ``complete``, which is set last: readers only ever see complete
 slides.
 
+This module opens, creates and lists stores and their slide groups. The attributes are typed
+records in :mod:`msn_cli.io.store_schema` (:class:`StoreSpec`, :class:`SlideAttrs`,
+:class:`SlideLayout`); one slide group is read and written through
+:mod:`msn_cli.io.store_slide` (:class:`SlideRecord`, :class:`SlideWriter`). All of them are
+importable from here.
+
 Example:
     >>> spec = StoreSpec(256, (16.0, 4.0, 1.0), ("normal", "benign", "in situ", "invasive"))
     >>> store = PatchStore.create(tmp_path / "store.zarr", spec)  # doctest: +SKIP
@@ -34,223 +40,45 @@ Example:
 
 from __future__ import annotations
 
-import re
 import warnings
+from collections.abc import Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from msn_cli.errors import MsnError
 from msn_cli.io.codecs import LABEL_CODEC, ChunkCodec
+from msn_cli.io.store_schema import (
+    MAX_PATCH_SIZE,
+    ROOT_KEY,
+    SCHEMA_VERSION,
+    SHARD_CHUNKS,
+    SLIDE_KEY,
+    SPLITS,
+    TABLE,
+    BranchImage,
+    SlideAttrs,
+    SlideLayout,
+    StoreSpec,
+    TileParams,
+    slide_name,
+    slide_stem,
+)
+from msn_cli.io.store_slide import SlideRecord, SlideWriter
+from msn_cli.vocab import BRANCHES, IGNORE, LABELS
 
-SCHEMA_VERSION = 2
-IGNORE_LABEL = 255
-SPLITS = ("train", "sub-train", "test")
-IMAGES = ("x1", "x2", "x3")
-LABELS = ("y1", "y2", "y3")
-TABLE = ("centers", "tissue", "grid", "origins")
-#: Inner chunks per shard side: a shard file holds 8 x 8 chunks (X1: 8 x 8 grid cells).
-SHARD_CHUNKS = 8
-_ROOT_KEY = "msn_store"
+__all__ = [
+    "MAX_PATCH_SIZE", "SCHEMA_VERSION", "SHARD_CHUNKS",
+    "SPLITS", "TABLE", "BranchImage", "PatchStore", "SlideAttrs", "SlideLayout", "SlideRecord",
+    "SlideWriter", "StoreSpec", "TileParams", "slide_name", "slide_stem",
+]  # fmt: skip
+
 _PARTIAL = "__partial__"
 _OLD = "__old__"
 #: A group of lock files, one per slide being tiled (:meth:`PatchStore.slide_lock`).
 _LOCKS = "__locks__"
 _TEMP_PREFIXES = (_PARTIAL, _OLD, _LOCKS)
 _EMPTY_GROUP = {"attributes": {}, "zarr_format": 3, "node_type": "group"}
-_SLIDE_KEY = "msn_slide"
-#: The largest patch side msn accepts (``tile --patch-size``, model.json): a batch of 8 such
-#: triplets is already ~1.2 GB of float32.
-MAX_PATCH_SIZE = 4096
-
-
-@dataclass(frozen=True)
-class StoreSpec:
-    """What every slide of a store shares; a store refuses slides made otherwise."""
-
-    patch_size: int
-    magnifications: tuple[float, float, float]
-    classes: tuple[str, ...]
-    ignore_label: int = IGNORE_LABEL
-    schema_version: int = SCHEMA_VERSION
-
-    def to_attrs(self) -> dict[str, Any]:
-        return {
-            "schema_version": self.schema_version,
-            "patch_size": self.patch_size,
-            "magnifications": list(self.magnifications),
-            "classes": list(self.classes),
-            "ignore_label": self.ignore_label,
-        }
-
-    @classmethod
-    def from_attrs(cls, attrs: dict[str, Any]) -> StoreSpec:
-        return cls(
-            int(attrs["patch_size"]),
-            tuple(float(m) for m in attrs["magnifications"]),  # type: ignore[arg-type]
-            tuple(attrs["classes"]),
-            int(attrs.get("ignore_label", IGNORE_LABEL)),
-            int(attrs["schema_version"]),
-        )
-
-    def mismatch(self, other: StoreSpec) -> str | None:
-        """Why ``other`` cannot share a store with this spec, or None."""
-        for name in ("schema_version", "patch_size", "magnifications", "classes"):
-            a, b = getattr(self, name), getattr(other, name)
-            if a != b:
-                return f"store has {name} {_fmt(a)}, not {_fmt(b)}"
-        return None
-
-
-@dataclass(frozen=True)
-class BranchImage:
-    """One branch's image of a slide: pixel (0, 0) covers level 0 from ``origin`` on, each pixel
-    ``downsample`` level-0 pixels wide; ``shape`` is (height, width); ``codec`` its chunks'
-    compression (e.g. ``jpeg:90``, ``zstd:3``)."""
-
-    origin: tuple[float, float]
-    downsample: float
-    shape: tuple[int, int]
-    codec: str
-
-    def to_attrs(self) -> dict[str, Any]:
-        o, s = list(self.origin), list(self.shape)
-        return {"origin": o, "downsample": self.downsample, "shape": s, "codec": self.codec}
-
-    @classmethod
-    def from_attrs(cls, a: dict[str, Any]) -> BranchImage:
-        o, s, ds = a["origin"], a["shape"], float(a["downsample"])
-        return cls((float(o[0]), float(o[1])), ds, (int(s[0]), int(s[1])), str(a["codec"]))
-
-
-@dataclass(frozen=True)
-class SlideLayout:
-    """How one slide's images lie in its group: the three branch images, the patch size and the
-    chunk side (pixels).
-
-    Example:
-        >>> img = BranchImage((0.0, 0.0), 1.0, (600, 900), "zstd:3")
-        >>> lay = SlideLayout((img, img, img), patch_size=64, chunk=64)
-        >>> lay.shard_side, lay.shard_grid(0)
-        (512, (2, 2))
-    """
-
-    images: tuple[BranchImage, BranchImage, BranchImage]
-    patch_size: int
-    chunk: int
-
-    @property
-    def shard_side(self) -> int:
-        return self.chunk * SHARD_CHUNKS
-
-    def shard_grid(self, branch: int) -> tuple[int, int]:
-        """Shards along (rows, columns) of branch ``branch``'s image."""
-        h, w = self.images[branch].shape
-        s = self.shard_side
-        return -(-h // s), -(-w // s)
-
-    def needed_chunks(self, branch: int, origins: np.ndarray) -> np.ndarray:
-        """Boolean (rows, cols) grid of the chunks that views at ``origins`` (N, 2: x, y) touch."""
-        h, w = self.images[branch].shape
-        c, p = self.chunk, self.patch_size
-        need = np.zeros((-(-h // c), -(-w // c)), dtype=bool)
-        for x, y in origins:
-            need[y // c : (y + p - 1) // c + 1, x // c : (x + p - 1) // c + 1] = True
-        return need
-
-    def to_attrs(self) -> dict[str, Any]:
-        return {
-            "images": {k: im.to_attrs() for k, im in zip(IMAGES, self.images, strict=True)},
-            "patch_size": self.patch_size,
-            "chunk": self.chunk,
-            "shard_chunks": SHARD_CHUNKS,
-        }
-
-    @classmethod
-    def from_attrs(cls, a: dict[str, Any]) -> SlideLayout:
-        images = tuple(BranchImage.from_attrs(a["images"][k]) for k in IMAGES)
-        return cls(images, int(a["patch_size"]), int(a["chunk"]))  # type: ignore[arg-type]
-
-
-@dataclass
-class SlideRecord:
-    """One slide group: typed read-only views of its attributes, and its patches."""
-
-    name: str
-    attrs: dict[str, Any]
-    group: Any = field(repr=False)
-    _table: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
-
-    source = property(lambda self: self.attrs["source"])
-    fingerprint = property(lambda self: self.attrs["fingerprint"])
-    split = property(lambda self: self.attrs["split"])
-    size = property(lambda self: tuple(self.attrs["size"]))
-    mpp = property(lambda self: self.attrs.get("mpp"))
-    downsamples = property(lambda self: tuple(self.attrs["downsamples"]))
-    params = property(lambda self: self.attrs.get("params", {}))
-    complete = property(lambda self: bool(self.attrs.get("complete")))
-    #: Pixel count of each label value of y1 under the X1 patches (index 255: ignore).
-    label_pixels = property(lambda self: list(self.attrs.get("label_pixels", [])))
-
-    @property
-    def n_patches(self) -> int:
-        return int(self.attrs.get("n_patches", 0))
-
-    @property
-    def layout(self) -> SlideLayout:
-        return SlideLayout.from_attrs(self.attrs["layout"])
-
-    def array(self, name: str):
-        return self.group[name]
-
-    def read(self, name: str, index) -> np.ndarray:
-        """Patches ``index`` (an int, a slice or an index array) of one field.
-
-        Images and labels (``x1`` ... ``y3``) are views cut from the branch images: (P, P, 3)
-        or (P, P) per patch. Neighbouring patches of one grid row are read as one region.
-        """
-        if name in IMAGES or name in LABELS:
-            return self._views(name, index)
-        arr = self.group[name]
-        if not isinstance(index, np.ndarray):
-            return arr[index]
-        if index.size == 0:
-            return np.zeros((0, *arr.shape[1:]), dtype=arr.dtype)
-        breaks = np.flatnonzero(np.diff(index) != 1) + 1
-        runs = np.split(index, breaks)
-        return np.concatenate([arr[int(r[0]) : int(r[-1]) + 1] for r in runs])
-
-    def table(self, name: str) -> np.ndarray:
-        """A whole patch-table array, read once per record."""
-        if name not in self._table:
-            self._table[name] = np.asarray(self.group[name][:])
-        return self._table[name]
-
-    def _views(self, name: str, index) -> np.ndarray:
-        from msn_cli.io.views import read_views
-
-        single = isinstance(index, int | np.integer)
-        idx = np.atleast_1d(np.arange(self.n_patches)[index])
-        b = (IMAGES if name in IMAGES else LABELS).index(name)
-        lay = self.layout
-        origins = self.table("origins")[idx, b].astype(np.int64)
-        out = read_views(
-            self.group[name], (*self.cache_key, name), lay.chunk, lay.patch_size, origins,
-            self.table("grid")[idx],
-        )  # fmt: skip
-        return out[0] if single else out
-
-    @cached_property
-    def cache_key(self) -> tuple:
-        """Names this slide's content in the decoded-chunk cache (:mod:`msn_cli.io.views`)."""
-        import json
-
-        where = str(getattr(self.group.store, "root", self.group.store))
-        return (where, self.group.path, json.dumps(self.attrs, sort_keys=True))
 
 
 class PatchStore:
@@ -285,12 +113,12 @@ class PatchStore:
                 if attempt == 2:
                     raise MsnError(url, f"cannot open or create the store: {exc}") from exc
         attrs = dict(root.attrs)
-        if _ROOT_KEY not in attrs:
+        if ROOT_KEY not in attrs:
             with _quiet_temporaries():
                 others = any(True for _ in root.group_keys())
             if others:
                 raise MsnError(url, "not an msn patch store (no msn_store attributes)")
-            root.attrs.update({_ROOT_KEY: spec.to_attrs()})
+            root.attrs.update({ROOT_KEY: spec.to_attrs()})
             return cls(url, root, spec)
         existing = _spec_or_fail(url, attrs)
         why = existing.mismatch(spec)
@@ -337,7 +165,7 @@ class PatchStore:
         """The slide group ``name``, or None if absent or unreadable (e.g. killed mid-write)."""
         try:
             group = self.root[name]
-            attrs = dict(group.attrs).get(_SLIDE_KEY)
+            attrs = dict(group.attrs).get(SLIDE_KEY)
         except Exception:
             return None
         if not isinstance(attrs, dict):
@@ -345,8 +173,11 @@ class PatchStore:
         return SlideRecord(name, attrs, group)
 
     # -- writing ---------------------------------------------------------------------------
-    def begin_slide(self, name: str, attrs: dict[str, Any], layout: SlideLayout, n: int):
-        """An empty, incomplete group for slide ``name`` with ``n`` patches laid as ``layout``.
+    def begin_slide(
+        self, name: str, attrs: SlideAttrs | Mapping[str, Any], layout: SlideLayout, n: int
+    ):
+        """An empty, incomplete group for slide ``name`` with ``n`` patches laid as ``layout``,
+        described by ``attrs`` (what ``tile`` records; a plain mapping is stored as it is).
 
         On a local store it is written as ``__partial__<name>`` and renamed over ``name`` only
         when complete, so a failed re-tile leaves the earlier complete slide as it was. Other
@@ -357,21 +188,24 @@ class PatchStore:
         for stale in (target, _OLD + name):
             if stale in set(self.root.group_keys()):
                 del self.root[stale]
+        from msn_cli.io.zarr_codec import zarr_codecs
+
         group = self.root.create_group(target)
+        own = attrs.to_attrs() if isinstance(attrs, SlideAttrs) else dict(attrs)
         group.attrs.update(
-            {_SLIDE_KEY: {**attrs, "layout": layout.to_attrs(), "complete": False, "n_patches": n}}
+            {SLIDE_KEY: {**own, "layout": layout.to_attrs(), "complete": False, "n_patches": n}}
         )
         c, s = layout.chunk, layout.shard_side
         label_codec = ChunkCodec.parse(LABEL_CODEC)
-        for key, label, img in zip(IMAGES, LABELS, layout.images, strict=True):
+        for key, label, img in zip(BRANCHES, LABELS, layout.images, strict=True):
             image_codec = ChunkCodec.parse(img.codec)
             group.create_array(
                 key, shape=(*img.shape, 3), chunks=(c, c, 3), shards=(s, s, 3), dtype="uint8",
-                fill_value=0, **image_codec.zarr_codecs(),
+                fill_value=0, **zarr_codecs(image_codec),
             )  # fmt: skip
             group.create_array(
                 label, shape=img.shape, chunks=(c, c), shards=(s, s), dtype="uint8",
-                fill_value=IGNORE_LABEL, **label_codec.zarr_codecs(),
+                fill_value=IGNORE, **zarr_codecs(label_codec),
             )  # fmt: skip
         rows = (max(n, 1),)
         for key, shape, dtype in (
@@ -425,72 +259,12 @@ class PatchStore:
         shutil.rmtree(old, ignore_errors=True)
 
 
-class SlideWriter:
-    """Writes one slide's shards (encoded elsewhere, :mod:`msn_cli.io.shards`), then its patch
-    table, then marks it complete.
-
-    Example:
-        >>> writer.put("x1", (0, 0), shard_bytes(chunks, (8, 8, 1)))  # doctest: +SKIP
-        >>> writer.finish({"centers": c, "tissue": t, "grid": g, "origins": o})  # doctest: +SKIP
-    """
-
-    def __init__(self, group, commit=None) -> None:
-        self.group = group
-        self._commit = commit
-
-    def put(self, key: str, shard: tuple[int, int], payload: bytes) -> None:
-        """Store one whole shard (row, column of the shard grid) of image or label ``key``."""
-        from msn_cli.io.shards import put_shard
-
-        arr = self.group[key]
-        put_shard(arr, tuple(shard) + (0,) * (arr.ndim - 2), payload)
-
-    def finish(self, table: dict[str, np.ndarray], **extra: Any) -> None:
-        """Write the patch table, then set ``complete`` (last, in one metadata write)."""
-        for key in TABLE:
-            if len(table[key]):
-                self.group[key][:] = table[key]
-        attrs = dict(self.group.attrs)[_SLIDE_KEY]
-        self.group.attrs.update({_SLIDE_KEY: {**attrs, **extra, "complete": True}})
-        if self._commit is not None:
-            self._commit()
-
-
 @contextmanager
 def _quiet_temporaries():
     """Silence zarr's warning about another process's temporary ``zarr.*.partial`` files."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Object at .* is not recognized")
         yield
-
-
-def slide_stem(path: str | Path) -> str:
-    """A slide's file name without its extension (both of ``.ome.tif``)."""
-    name = Path(path).name
-    for suffix in (".ome.tiff", ".ome.tif"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return Path(name).stem
-
-
-def slide_name(path: str | Path) -> str:
-    """The group name of a slide: its file name without the extension(s), made safe and
-    reversible. Letters, digits, ``.``, ``-`` and inner ``_`` are kept; any other character,
-    and a leading ``_`` (Zarr reserves ``__`` names, msn's temporaries start with it), becomes
-    ``~`` and its UTF-8 bytes in hex, so ``日本`` and ``中国`` stay apart.
-
-    Example:
-        >>> slide_name("A 01.svs"), slide_name("__old__A.tif"), slide_name("x.ome.tiff")
-        ('A~2001', '~5F~5Fold__A', 'x')
-    """
-    name = slide_stem(path)
-    stripped = name.lstrip("_")
-    head = "~5F" * (len(name) - len(stripped))
-    body = "".join(
-        ch if re.fullmatch(r"[A-Za-z0-9._-]", ch) else "".join(f"~{b:02X}" for b in ch.encode())
-        for ch in stripped
-    )
-    return head + body or "slide"
 
 
 def _location(url: str | Path) -> str:
@@ -500,7 +274,7 @@ def _location(url: str | Path) -> str:
 
 
 def _spec_or_fail(url: str, attrs: dict[str, Any]) -> StoreSpec:
-    raw = attrs.get(_ROOT_KEY)
+    raw = attrs.get(ROOT_KEY)
     if not isinstance(raw, dict):
         raise MsnError(url, "not an msn patch store (no msn_store attributes)")
     try:
@@ -520,9 +294,3 @@ def _spec_or_fail(url: str, attrs: dict[str, Any]) -> StoreSpec:
             f"({SCHEMA_VERSION}); upgrade msn",
         )
     return spec
-
-
-def _fmt(v) -> str:
-    if isinstance(v, tuple | list):
-        return ",".join(f"{x:g}" if isinstance(x, float) else str(x) for x in v)
-    return str(v)

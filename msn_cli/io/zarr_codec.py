@@ -4,6 +4,7 @@ Registered with zarr when imported (:mod:`msn_cli.io.store` imports it) and thro
 ``zarr.codecs`` entry point of the ``msn-cli`` package, so plain zarr-python opens a store's
 images wherever msn is installed. Chunks are (H, W, 3) uint8; the encoding is
 :func:`msn_cli.io.codecs.encode_chunk`, the same function ``tile`` writes shards with.
+:func:`zarr_codecs` gives the codecs of a store array from its :class:`ChunkCodec`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from zarr.abc.codec import ArrayBytesCodec
 from zarr.core.common import parse_named_configuration
 from zarr.registry import register_codec
 
-from msn_cli.io.codecs import decode_chunk, encode_chunk
+from msn_cli.io.codecs import ChunkCodec, decode_chunk, encode_chunk
 
 NAME = "msn.image"
 
@@ -66,3 +67,14 @@ class ImageCodec(ArrayBytesCodec):
 
 
 register_codec(NAME, ImageCodec)
+
+
+def zarr_codecs(codec: ChunkCodec) -> dict[str, Any]:
+    """``serializer`` and ``compressors`` for :meth:`zarr.Group.create_array` of an array whose
+    chunks ``codec`` encodes (zstd: zarr's own; JPEG, JPEG-XL: :class:`ImageCodec`)."""
+    from zarr.codecs import BytesCodec, ZstdCodec
+
+    if codec.name == "zstd":
+        return {"serializer": BytesCodec(), "compressors": ZstdCodec(level=codec.level)}
+    image = ImageCodec(codec.name, codec.level, codec.subsampling)
+    return {"serializer": image, "compressors": None}

@@ -1,8 +1,9 @@
 """The model library: backbones, Mem-FP/Mem-RM, Meta-FM and the assembled MSN.
 
-Submodules: ``layers`` (blocks, ``init_weights``), ``base`` (the backbone contract),
-``resnet``, ``bisenet``, ``unet``, ``pspnet``, ``deeplab``, ``registry`` (``build_backbone``),
-``memory`` (crop geometry, Mem-RM), ``fusion`` (Meta-FM, "w/o Meta"), ``awmf`` (AWMF-CNN),
+Submodules: ``layers`` (blocks, ``init_weights``), ``base`` (the backbone contract and the
+``BackboneOutput``/``MSNOutput`` results), ``resnet``, ``bisenet``, ``unet``, ``pspnet``,
+``deeplab``, ``registry`` (``build_backbone``), ``memory`` (crop geometry, Mem-RM), ``fusion``
+(Meta-FM, "w/o Meta", AWMF-CNN's fusion), ``awmf`` (the whole AWMF-CNN baseline),
 ``msn`` (``MSNConfig``, ``MSN``) and ``summary`` (parameter table). The common names are
 re-exported lazily, so importing this package does not import torch.
 """
@@ -23,12 +24,11 @@ _EXPORTS = {
     "MemoryRecall": "memory",
     "MetaFusion": "fusion",
     "ConvFusion": "fusion",
-    "SigmaAccumulator": "fusion",
-    "AWMFFusion": "awmf",
+    "AWMFFusion": "fusion",
     "AWMFCNN": "awmf",
     "MSN": "msn",
     "MSNConfig": "msn",
-    "MSNOutput": "msn",
+    "MSNOutput": "base",
     "parameter_table": "summary",
 }
 

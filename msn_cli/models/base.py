@@ -7,6 +7,9 @@ replace them on the fly (``recall``: how a Mem-RM is injected into the shared me
 
 Because ``Wo`` is a 1x1 convolution, ``-dL/dWo`` (the σ of Meta-FM, Eq. 3) is computed from a
 cached penultimate tensor alone, per sample, with :meth:`SegmentationBackbone.output_gradient`.
+
+The results are small dataclasses: :class:`BackboneOutput` (one backbone), :class:`MSNOutput`
+(a whole multi-branch model: MSN, AWMF-CNN) and :class:`OutputGradient` (σ's parts).
 """
 
 from __future__ import annotations
@@ -19,10 +22,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from msn_cli.models.layers import FeatureTaps, upsample
+from msn_cli.vocab import IGNORE
 
-IGNORE_INDEX = 255
-
-__all__ = ["IGNORE_INDEX", "BackboneOutput", "OutputGradient", "SegmentationBackbone"]
+__all__ = [
+    "BackboneOutput", "MSNOutput", "OutputGradient", "SegmentationBackbone",
+]  # fmt: skip
 
 
 @dataclass
@@ -41,6 +45,17 @@ class BackboneOutput:
     features: dict[str, Tensor] = field(default_factory=dict)
     penultimate: Tensor | None = None
     aux_logits: tuple[Tensor, ...] = ()
+
+
+@dataclass
+class MSNOutput:
+    """What a whole multi-branch model returns (MSN, AWMF-CNN): S1, S2, S3, the branch logits
+    in their own frames, and S, the fused logits in X1's frame."""
+
+    s1: Tensor
+    s2: Tensor
+    s3: Tensor
+    s: Tensor
 
 
 @dataclass
@@ -154,7 +169,7 @@ class SegmentationBackbone(nn.Module):
         target: Tensor,
         size: Sequence[int] | None = None,
         transform: Callable[[Tensor], Tensor] | None = None,
-        ignore_index: int = IGNORE_INDEX,
+        ignore_index: int = IGNORE,
     ) -> OutputGradient:
         """Per-sample ``-dL/dWo`` of the summed cross-entropy of ``head(penultimate)``.
 

@@ -8,26 +8,31 @@ fused logits S.
 * :class:`MetaFusion` (Meta-FM): their weights are generated, ``W = FC-ReLU-FC(σ)``, from
   σ = cat(-dL(S1, Y1)/dWo, -dL(S2', Y1)/dWo) (RMS-normalised here). The last FC's bias holds
   the "average the two branches" kernel and its weights start small, so a fresh Meta-FM
-  averages the branches whatever σ is. For inference, the weights generated from σ* (averaged
-  over the support set, :class:`SigmaAccumulator`) are stored as buffers by :meth:`store` and
+  averages the branches whatever σ is. For inference, the weights generated from σ* (over the
+  whole support set: :func:`sigma_from_gradients` of every support patch's
+  :class:`~msn_cli.models.base.OutputGradient`) are stored as buffers by :meth:`store` and
   used whenever no σ is given: predicting needs no label.
-
-The AWMF-CNN fusion lives in :mod:`msn_cli.models.awmf`.
+* :class:`AWMFFusion` (AWMF-CNN's fusion, Tokunaga et al., CVPR 2019): a weighting CNN scores
+  the three experts from the images, an aggregating CNN refines their weighted, aligned
+  probabilities (sizes: :mod:`msn_cli.models.awmf`, which builds the whole AWMF-CNN).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from msn_cli.models.base import OutputGradient
-from msn_cli.models.layers import init_weights
+from msn_cli.models.layers import ConvBNReLU, init_weights, scaled, upsample
+from msn_cli.models.resnet import resnet
 
 __all__ = [
+    "AWMFFusion",
     "ConvFusion",
     "MetaFusion",
-    "SigmaAccumulator",
     "average_kernels",
     "fusion_conv",
     "sigma_from_gradients",
@@ -75,40 +80,6 @@ def sigma_from_gradients(*grads: OutputGradient, per_sample: bool = False) -> Te
     if per_sample:
         return torch.cat([g.grad_sum / g.count.clamp(min=1).unsqueeze(1) for g in grads], dim=1)
     return torch.cat([g.mean() for g in grads])
-
-
-class SigmaAccumulator:
-    """Streams support batches into σ*: the negative gradient of the mean loss of the set.
-
-    Example:
-        >>> acc = SigmaAccumulator()
-        >>> g = OutputGradient(torch.ones(2, 3), torch.tensor([1, 3]))
-        >>> acc.update(g, g)
-        >>> acc.sigma().tolist()
-        [0.5, 0.5, 0.5, 0.5, 0.5, 0.5]
-    """
-
-    def __init__(self) -> None:
-        self.sums: list[Tensor] = []
-        self.counts: list[Tensor] = []
-
-    def update(self, *grads: OutputGradient) -> None:
-        """Add one batch: one :class:`OutputGradient` per branch (X1, X2)."""
-        if self.sums and len(grads) != len(self.sums):
-            raise ValueError(f"expected {len(self.sums)} branch gradients, got {len(grads)}")
-        sums = [g.grad_sum.sum(0).double() for g in grads]
-        counts = [g.count.sum().double() for g in grads]
-        if not self.sums:
-            self.sums, self.counts = sums, counts
-        else:
-            self.sums = [a + b for a, b in zip(self.sums, sums, strict=True)]
-            self.counts = [a + b for a, b in zip(self.counts, counts, strict=True)]
-
-    def sigma(self) -> Tensor:
-        """σ* (float32); ValueError when nothing was accumulated."""
-        if not self.sums:
-            raise ValueError("no support batch was accumulated")
-        return torch.cat([s / c.clamp(min=1) for s, c in zip(self.sums, self.counts, strict=True)])
 
 
 class ConvFusion(nn.Module):
@@ -216,3 +187,57 @@ class MetaFusion(nn.Module):
             flat = self.generate(sigma)
         p = _probabilities(s1, s2)
         return fusion_conv(p, *(k.to(p.dtype) for k in self.kernels(flat)))
+
+
+class WeightingCNN(nn.Module):
+    """Scores the experts from the images: (B, 3 * in_channels, H, W) -> (B, n_experts)."""
+
+    def __init__(self, n_experts: int = 3, in_channels: int = 3, width: float = 1.0) -> None:
+        super().__init__()
+        self.encoder = resnet(50, width, in_channels=n_experts * in_channels)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(self.encoder.channels[-1], n_experts)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Softmax weights of the experts, per sample."""
+        return self.fc(self.pool(self.encoder(images)[-1]).flatten(1)).softmax(1)
+
+
+class AWMFFusion(nn.Module):
+    """AWMF-CNN's fusion part: weighting CNN + aggregating CNN.
+
+    ``forward(s1, s2, s3, images=(x1, x2, x3))`` with ``s2``, ``s3`` already aligned to X1.
+    """
+
+    def __init__(
+        self, num_classes: int, in_channels: int = 3, width: float = 1.0, blocks: int = 5
+    ) -> None:
+        super().__init__()
+        self.num_classes = int(num_classes)
+        self.weighting = WeightingCNN(3, in_channels, width)
+        c = [scaled(n, width) for n in (64, 128, 256, 512)]
+        layers: list[nn.Module] = [ConvBNReLU(3 * num_classes, c[0], 3)]
+        layers += [ConvBNReLU(c[i], c[i + 1], 3, stride=2) for i in range(3)]
+        layers += [ConvBNReLU(c[3], c[3], 3) for _ in range(blocks)]
+        layers.append(nn.Conv2d(c[3], num_classes, 1))
+        self.aggregate = nn.Sequential(*layers)
+        init_weights(self)
+
+    def forward(
+        self,
+        s1: Tensor,
+        s2: Tensor,
+        s3: Tensor | None = None,
+        images: Sequence[Tensor] | None = None,
+        sigma=None,
+    ) -> Tensor:
+        """Fused logits at X1's resolution (``sigma`` unused)."""
+        if s3 is None or images is None or len(images) != 3:
+            raise ValueError("the AWMF fusion needs S3 and the three images (x1, x2, x3)")
+        if not (s1.shape == s2.shape == s3.shape):
+            raise ValueError("S1, S2', S3' must be aligned to X1 and have the same shape")
+        weights = self.weighting(torch.cat(list(images), dim=1))  # (B, 3)
+        probs = torch.stack([s.softmax(1) for s in (s1, s2, s3)], dim=1)  # (B, 3, Nc, H, W)
+        weighted = probs * weights[:, :, None, None, None].to(probs.dtype)
+        residual = self.aggregate(weighted.flatten(1, 2))
+        return weighted.sum(1) + upsample(residual, s1.shape[-2:])

@@ -3,7 +3,7 @@
 One shared meta-branch (a registered backbone) segments X3 and, at the gap layers, its
 features are the memory (Mem-FP). X1 and X2 run through the *same* meta-branch, with one
 Mem-RM per branch per gap layer injected through the backbone's ``recall`` hook. S1 and
-S2' = up(crop(S2)) are fused (Meta-FM, "w/o Meta" or AWMF). See DESIGN.md §2.
+S2' = up(crop(S2)) are fused (Meta-FM, "w/o Meta" or AWMF). See docs/architecture.md §4.
 
 Example:
     >>> import torch
@@ -25,16 +25,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from msn_cli.models.awmf import AWMFFusion
-from msn_cli.models.base import IGNORE_INDEX, BackboneOutput, OutputGradient
-from msn_cli.models.fusion import ConvFusion, MetaFusion, sigma_from_gradients
+from msn_cli.models.base import BackboneOutput, MSNOutput, OutputGradient
+from msn_cli.models.fusion import AWMFFusion, ConvFusion, MetaFusion
 from msn_cli.models.memory import MemoryRecall, crop_center, magnification_ratio
 from msn_cli.models.registry import backbone_spec, build_backbone
+from msn_cli.vocab import BRANCHES, IGNORE
 
-__all__ = ["ARCH_KEYS", "BRANCH_KINDS", "BRANCHES", "FUSIONS", "MSN", "MSNConfig", "MSNOutput"]
+__all__ = ["ARCH_KEYS", "BRANCH_KINDS", "FUSIONS", "MSN", "MSNConfig"]
 
 FUSIONS = ("meta", "conv", "awmf")
-BRANCHES = ("x1", "x2", "x3")
 #: ``shared``: MSN (one meta-branch, Mem-RMs); ``independent``: three separately trained
 #: experts of the same backbone (the paper's "Multi-branch" and AWMF-CNN systems).
 BRANCH_KINDS = ("shared", "independent")
@@ -130,16 +129,6 @@ class MSNConfig:
             "x2": magnification_ratio(m2, m3),
             "x1_in_x2": magnification_ratio(m1, m2),
         }
-
-
-@dataclass
-class MSNOutput:
-    """S1, S2, S3: branch logits in their own frames; S: fused logits in X1's frame."""
-
-    s1: Tensor
-    s2: Tensor
-    s3: Tensor
-    s: Tensor
 
 
 class MSN(nn.Module):
@@ -266,14 +255,14 @@ class MSN(nn.Module):
             raise ValueError("branch outputs carry no penultimate tensor")
         size = out1.logits.shape[-2:]
         g1 = self.branch_net("x1").output_gradient(
-            out1.penultimate, y1, size=size, ignore_index=IGNORE_INDEX
+            out1.penultimate, y1, size=size, ignore_index=IGNORE
         )
         g2 = self.branch_net("x2").output_gradient(
             out2.penultimate,
             y1,
             size=out2.logits.shape[-2:],
             transform=partial(self.align, which="x2", size=size),
-            ignore_index=IGNORE_INDEX,
+            ignore_index=IGNORE,
         )
         return g1, g2
 
@@ -284,10 +273,6 @@ class MSN(nn.Module):
         """Run a support batch (no graph through the branches) and return its σ parts."""
         mem = self.meta_features(x3).features
         return self.output_gradients(self.branch(x1, "x1", mem), self.branch(x2, "x2", mem), y1)
-
-    def support_sigma(self, x1: Tensor, x2: Tensor, x3: Tensor, y1: Tensor) -> Tensor:
-        """σ (D,) of one support batch, Eq. 3."""
-        return sigma_from_gradients(*self.support_gradients(x1, x2, x3, y1))
 
     def store_sigma(self, sigma: Tensor) -> None:
         """Store the kernels generated from σ* for label-free inference (Meta-FM only)."""

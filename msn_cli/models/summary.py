@@ -21,8 +21,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from msn_cli.models.awmf import AWMFCNN, AWMFFusion
-from msn_cli.models.fusion import ConvFusion
+from msn_cli.models.awmf import AWMFCNN
+from msn_cli.models.fusion import AWMFFusion, ConvFusion
 from msn_cli.models.layers import count_parameters
 from msn_cli.models.msn import MSN, MSNConfig
 from msn_cli.models.registry import BACKBONES, build_backbone

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from msn_cli.io.maskwriter import read_level, write_mask_tiff
+from msn_cli.io.maskreader import read_level
+from msn_cli.io.maskwriter import write_mask_tiff
 from msn_cli.io.slide import read_scaled
 
 #: A factory of per-class probability strips ``(C, rows, cols)``, top to bottom, and their

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from msn_cli.errors import MsnError
 from msn_cli.io.checkpoints import CheckpointDir
 from msn_cli.io.slide import fingerprint
-
-if TYPE_CHECKING:
-    from msn_cli.stages.predict import PredictConfig
+from msn_cli.prediction.config import PredictConfig
 
 
 class Predictor:

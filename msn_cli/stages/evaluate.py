@@ -1,6 +1,8 @@
-"""``msn evaluate`` as plain functions: store mode, slide mode, comparison, figures.
+"""Stage ``evaluate``: score (store mode, slide mode) or compare, and write what was asked.
 
-The definitions (mIoU, JSON layouts) are in :mod:`msn_cli.evaluation`. Every function here
+:mod:`msn_cli.evaluation` computes (mIoU, JSON layouts, comparison tables, curves, figures);
+each function here runs one mode of ``msn evaluate`` on it and writes the outputs the command
+asked for (``--json``, ``--csv``, ``--markdown``, ``--plot``, ``--figures``). Every function
 returns data; printing is the command's job.
 
 Example:
@@ -17,16 +19,14 @@ from typing import Any
 
 from msn_cli.evaluation.compare import Comparison, comparison, write_tables
 from msn_cli.evaluation.results import read_result, write_json
-from msn_cli.evaluation.slides import SlidePair, evaluate_slides, read_pairs, recorded_classes
+from msn_cli.evaluation.slides import SlidePair, evaluate_slides
+from msn_cli.vocab import IGNORE
 
 __all__ = [
-    "SlidePair",
     "compare_curves",
     "compare_results",
     "evaluate_slide_pairs",
     "evaluate_store",
-    "read_pairs",
-    "recorded_classes",
     "single_table",
 ]
 
@@ -84,8 +84,6 @@ def evaluate_slide_pairs(
     ``unannotated``: ``normal`` (pixels no polygon covers are class 0, like ``msn tile``) or
     ``ignore`` (255, not scored).
     """
-    from msn_cli.io.rasterise import IGNORE
-
     background = {"normal": 0, "ignore": IGNORE}[unannotated]
     result = evaluate_slides(pairs, classes, background, mask_values, method)
     if json_path is not None:
@@ -125,7 +123,8 @@ def compare_curves(
     Rows = epochs, one column per run and output (validation mIoU, else training mIoU);
     optionally written as CSV, markdown and a line plot (PNG).
     """
-    from msn_cli.evaluation.curves import curves, plot_curves
+    from msn_cli.evaluation.curves import curves
+    from msn_cli.plots import plot_curves
 
     table = curves(paths, names, labels, title)
     write_tables(table, csv_path, markdown_path)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from msn_cli.io.store import IGNORE_LABEL, SPLITS, PatchStore
+from msn_cli.io.store import SPLITS, PatchStore
+from msn_cli.vocab import IGNORE
 
 
 def store_info(url: str) -> dict[str, Any]:
@@ -38,7 +39,7 @@ def store_info(url: str) -> dict[str, Any]:
         px = rec.label_pixels
         for i in range(len(totals)):
             totals[i] += px[i] if i < len(px) else 0
-        ignored += px[IGNORE_LABEL] if len(px) > IGNORE_LABEL else 0
+        ignored += px[IGNORE] if len(px) > IGNORE else 0
     labelled = sum(totals)
     return {
         "store": url,

@@ -24,8 +24,8 @@ overlaps its neighbour; *the later patch wins* (raster order: a row over the row
 column over the column to its left). Each level-0 pixel therefore belongs to exactly one patch:
 the last one covering its centre.
 
-This module holds the settings, the checks and the per-slide orchestration; the pieces live in
-:mod:`msn_cli.prediction` (model, band walk, partial folder, assembly).
+This module holds the checks and the per-slide orchestration; the pieces live in
+:mod:`msn_cli.prediction` (settings and jobs, model, band walk, partial folder, assembly).
 """
 
 from __future__ import annotations
@@ -43,64 +43,21 @@ import numpy as np
 
 from msn_cli.errors import MsnError, MsnUsageError
 from msn_cli.io.lock import Busy, exclusive
-from msn_cli.io.maskwriter import read_description
+from msn_cli.io.maskreader import read_description
 from msn_cli.io.patches import Levels, PatchGeometry, base_downsample, check_walk_options
 from msn_cli.io.slide import fingerprint, open_slide
 from msn_cli.prediction.assemble import assemble, write_extras, zarr_key, zarr_strips
+from msn_cli.prediction.bands import Axis, run_bands
+from msn_cli.prediction.config import PredictConfig, PredictJob
 from msn_cli.prediction.partial import BandStore, partial_dir
 from msn_cli.prediction.predictor import Predictor
-from msn_cli.prediction.walk import Axis, run_bands
+from msn_cli.vocab import BRANCHES
 
 log = logging.getLogger("msn")
-BRANCH_CHOICES = ("fusion", "x1", "x2", "x3")
+BRANCH_CHOICES = ("fusion", *BRANCHES)
 FORMAT_CHOICES = ("tiff", "ome-tiff")
 GEOJSON_TYPES = ("annotation", "detection")
 FORMAT_VERSION = 1
-
-
-@dataclass(frozen=True)
-class PredictConfig:
-    """Settings shared by every slide of one ``msn predict`` run.
-
-    Example:
-        >>> PredictConfig(Path("checkpoints"), branch="x1").batch_size
-        32
-    """
-
-    checkpoints: Path
-    branch: str | None = None  # None: fusion when trained, else x1 (or the baseline's input)
-    batch_size: int = 32
-    device: str = "auto"
-    min_tissue: float = 0.01  # 0: predict every patch
-    mpp: float | None = None
-    workers: int = 0
-    amp: bool = False
-    classes: tuple[str, ...] | None = None  # expected class names (refuse other checkpoints)
-    probabilities_downsample: int = 16
-    geojson_frame: str = "qupath"  # or "level0"
-    geojson_type: str = "annotation"  # QuPath objectType of the features, or "detection"
-    mask_format: str | None = None  # "tiff" | "ome-tiff"; None: from --out's name
-    trace_max_side: int = 4096
-    overlay_max_side: int = 1024
-
-
-@dataclass(frozen=True)
-class PredictJob:
-    """One slide and where its outputs go."""
-
-    slide: Path
-    out: Path
-    probabilities: Path | None = None
-    geojson: Path | None = None
-    overlay: Path | None = None
-
-    def outputs(self) -> list[Path]:
-        return [p for p in (self.out, self.probabilities, self.geojson, self.overlay) if p]
-
-    @property
-    def needs_probabilities(self) -> bool:
-        """The bands keep probabilities: for the Zarr, or the GeoJSON's mean probabilities."""
-        return self.probabilities is not None or self.geojson is not None
 
 
 def mask_format(out: Path, asked: str | None) -> str:

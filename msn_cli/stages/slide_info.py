@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from msn_cli.errors import MsnError
-from msn_cli.io.patches import BRANCHES, Levels, PatchGeometry, base_downsample, check_patch_size
+from msn_cli.io.patches import Levels, PatchGeometry, base_downsample, check_patch_size
 from msn_cli.io.slide import LEVEL_TOLERANCE, Slide, open_slide
+from msn_cli.vocab import BRANCHES
 
 #: ``--mpp`` values shown besides the scan's own resolution (those the slide can reach).
 COMMON_MPP = (0.25, 0.5, 1.0, 2.0)

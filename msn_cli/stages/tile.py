@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,17 +36,19 @@ from msn_cli.io.patches import (
 from msn_cli.io.rasterise import PolygonLabels
 from msn_cli.io.slide import fingerprint, is_copy, open_slide
 from msn_cli.io.store import (
-    IGNORE_LABEL,
     MAX_PATCH_SIZE,
     SPLITS,
     BranchImage,
     PatchStore,
+    SlideAttrs,
     SlideLayout,
     StoreSpec,
+    TileParams,
     slide_name,
 )
 from msn_cli.io.tissue import tissue_fractions
 from msn_cli.stages.tile_write import write_images
+from msn_cli.vocab import IGNORE
 
 log = logging.getLogger("msn")
 PATCH_BLOCK = 8
@@ -160,11 +163,10 @@ def tile_slide(
         raise MsnError(job.slide, f"split {split!r} is not one of {', '.join(SPLITS)}")
 
     def tile() -> SlideResult:
-        slide = open_slide(job.slide)
-        try:
-            return _tile_open_slide(store, job, config, slide, name, split, t0)
-        finally:
-            slide.close()
+        with ExitStack() as opened:  # the slide and its label mask: closed whatever happens
+            slide = open_slide(job.slide)
+            opened.callback(slide.close)
+            return _tile_open_slide(store, job, config, slide, name, split, t0, opened)
 
     try:
         with store.slide_lock(name):
@@ -177,9 +179,10 @@ def tile_slide(
         return tile()
 
 
-def _tile_open_slide(store, job, config, slide, name, split, t0) -> SlideResult:
+def _tile_open_slide(store, job, config, slide, name, split, t0, opened) -> SlideResult:
+    """Tile an open slide; what it opens itself (a label mask) goes on the ``opened`` stack."""
     result = SlideResult(job.slide, name, "tiled")
-    background = 0 if config.unannotated == "normal" else IGNORE_LABEL
+    background = 0 if config.unannotated == "normal" else IGNORE
     label_path = job.labels or ann.find_annotations(job.slide)
     if label_path is None:
         what = "class 0" if background == 0 else "ignore (255)"
@@ -192,21 +195,23 @@ def _tile_open_slide(store, job, config, slide, name, split, t0) -> SlideResult:
         labels = ann.open_labels(
             label_path, config.classes, slide.dimensions, background, mask_values=config.mask_values
         )
+        if isinstance(labels, MaskLabels):
+            opened.callback(labels.close)
     if config.mask_values and not isinstance(labels, MaskLabels):
         log.warning("%s: --mask-values applies to label masks only; ignored", label_path)
     base = base_downsample(slide, config.mpp)
-    params = {
-        "levels": list(config.levels.magnifications),
-        "patch_size": config.patch_size,
-        "mpp": config.mpp,
-        "base_downsample": base,
-        "min_tissue": config.min_tissue,
-        "unannotated": config.unannotated,
-        "mask_values": config.mask_values,
-        "labels": str(Path(label_path).resolve()) if label_path else None,
-        "labels_fingerprint": fingerprint(label_path) if label_path else None,
-        "codec": str(ChunkCodec.parse(config.codec)),
-    }
+    params = TileParams(
+        levels=config.levels.magnifications,
+        patch_size=config.patch_size,
+        mpp=config.mpp,
+        base_downsample=base,
+        min_tissue=config.min_tissue,
+        unannotated=config.unannotated,
+        mask_values=config.mask_values,
+        labels=str(Path(label_path).resolve()) if label_path else None,
+        labels_fingerprint=fingerprint(label_path) if label_path else None,
+        codec=str(ChunkCodec.parse(config.codec)),
+    )
     source_fp = fingerprint(job.slide)
     existing = store.slide(name)
     if existing is not None and existing.attrs.get("source") != str(job.slide.resolve()):
@@ -218,7 +223,7 @@ def _tile_open_slide(store, job, config, slide, name, split, t0) -> SlideResult:
         existing is not None
         and existing.complete
         and existing.fingerprint == source_fp
-        and existing.params == params
+        and existing.params == params.to_attrs()
         and existing.split == split
     ):
         log.info("%s: already tiled, skipped", job.slide)
@@ -243,16 +248,16 @@ def _tile_open_slide(store, job, config, slide, name, split, t0) -> SlideResult:
     table = _patch_table(geometry, grid_px, kept_px, tissue)
     layout = _layout(slide, geometry, table["origins"], ChunkCodec.parse(config.codec))
 
-    attrs = {
-        "source": str(job.slide.resolve()),
-        "fingerprint": source_fp,
-        "split": split,
-        "size": [w0, h0],
-        "mpp": slide.mpp,
-        "vendor": slide.vendor,
-        "downsamples": list(geometry.downsamples),
-        "params": params,
-    }
+    attrs = SlideAttrs(
+        source=str(job.slide.resolve()),
+        fingerprint=source_fp,
+        split=split,
+        size=(w0, h0),
+        mpp=slide.mpp,
+        vendor=slide.vendor,
+        downsamples=geometry.downsamples,
+        params=params,
+    )
     writer = store.begin_slide(name, attrs, layout, len(kept_px))
     counts = write_images(writer, job.slide, layout, table["origins"], labels, config.workers, name)
     writer.finish(table, label_pixels=[int(c) for c in counts])

@@ -4,7 +4,7 @@ Each unit of work is one shard of one branch's image: the part of it under some 
 field of view is read from the slide at the branch's exact scale (one read of the best pyramid
 level, resampled once), its labels are rasterised at the same pixels, and every needed chunk
 is compressed; the shard file is then stored whole. Units run in worker threads, in order,
-while the main thread stores finished shards (:func:`~msn_cli.io.walk.in_order`).
+while the main thread stores finished shards (:func:`~msn_cli.io.workers.in_order`).
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ import numpy as np
 from msn_cli.io.codecs import LABEL_CODEC, ChunkCodec
 from msn_cli.io.shards import shard_bytes
 from msn_cli.io.slide import cached_slide, is_copy, read_scaled
-from msn_cli.io.store import IMAGES, LABELS, SHARD_CHUNKS, SlideLayout
-from msn_cli.io.walk import in_order
+from msn_cli.io.store import SHARD_CHUNKS, SlideLayout
+from msn_cli.io.workers import in_order
 from msn_cli.progress import progress
+from msn_cli.vocab import BRANCHES, LABELS
 
 #: The most level pixels one resampled read decodes (16 Mpx: 64 MB as RGBA, per worker).
 RESAMPLE_SOURCE_PIXELS = 16 << 20
@@ -68,7 +69,7 @@ def write_images(writer, path, layout: SlideLayout, origins, labels, workers: in
     total = int(sum(u.need.sum() for u in units))
     with in_order(work, len(units), workers) as done, progress(name, total, "chunks") as bar:
         for u, (image, label, unit_counts) in zip(units, done, strict=True):
-            writer.put(IMAGES[u.branch], u.shard, image)
+            writer.put(BRANCHES[u.branch], u.shard, image)
             writer.put(LABELS[u.branch], u.shard, label)
             if unit_counts is not None:
                 counts += unit_counts

@@ -16,12 +16,13 @@ support batch, the loss L(S, Y1) from the query batch: no query label reaches th
 After each epoch σ* over the whole fit (support) set is stored (``model.store_sigma``), so the
 checkpoint predicts without labels. ``--method conv|awmf`` train the comparison fusions
 (AWMF reads the three images too). The fit set is the split, or by default the patches
-``train-memrm --holdout`` held out (DESIGN.md §2).
+``train-memrm --holdout`` held out (docs/architecture.md §4).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -29,10 +30,12 @@ import torch
 from torch import nn
 
 from msn_cli.errors import MsnError
-from msn_cli.io.checkpoints import CheckpointDir
+from msn_cli.io.checkpoints import CheckpointDir, ModelCard
+from msn_cli.models.base import OutputGradient
+from msn_cli.models.fusion import sigma_from_gradients
 from msn_cli.models.layers import upsample
-from msn_cli.runtime import seed_everything, to_input, to_target
-from msn_cli.training.alternate import train_alternating
+from msn_cli.runtime import to_input, to_target
+from msn_cli.training.alternate import alternating
 from msn_cli.training.cache import ArrayCache, cache_key, normalization_part
 from msn_cli.training.common import (
     StageResult,
@@ -46,17 +49,11 @@ from msn_cli.training.common import (
 )
 from msn_cli.training.config import FusionConfig
 from msn_cli.training.context import Context, make_context
-from msn_cli.training.data import (
-    Augment,
-    FitView,
-    default_workers,
-    indices_of,
-    ordered_loader,
-    train_loader,
-)
+from msn_cli.training.data import Augment, FitView, indices_of, ordered_loader
 from msn_cli.training.experts import check_experts, write_experts
-from msn_cli.training.loop import StageRun, fit_epoch, segmentation_loss, val_fields, validate
-from msn_cli.training.plots import plot_history
+from msn_cli.training.loop import segmentation_loss
+from msn_cli.training.trainer import Epochs, Phase, Plan, Trainer, Validation
+from msn_cli.vocab import BRANCHES
 
 log = logging.getLogger("msn")
 LOGITS = ("s1", "s2", "s3")
@@ -95,19 +92,14 @@ def train_fusion(cfg: FusionConfig) -> StageResult:
             ctx.barrier()
             checked_store(ck, cfg.store, *frozen_stages)
         card = ck.read_card()
-        run = StageRun(ck, "fusion", ctx, {**cfg.to_dict(), "holdout": use_holdout})
-        if cfg.restart:
-            run.restart()
-        state = run.check_resumable()
+        trainer = Trainer(ck, "fusion", ctx, cfg, {**cfg.to_dict(), "holdout": use_holdout})
+        trainer.start()
         mcfg = replace(card.config(), fusion=cfg.method, tune_experts=cfg.alternate)
         new_card = replace(card, model=mcfg.to_dict())
         if ctx.is_main and new_card != card:
             ck.write_card(new_card)
         ctx.barrier()
-        seed_everything(cfg.seed)
-        workers = default_workers(ctx.world) if cfg.workers is None else cfg.workers
-        images = ("x1", "x2", "x3")
-        ds = dataset(cfg.store, cfg.split, (*images, "y1"))
+        ds = dataset(cfg.store, cfg.split, (*BRANCHES, "y1"))
         fit = indices_of(ds, held, inside=True) if use_holdout else np.arange(len(ds))
         if cfg.method == "meta" and len(fit) < 2:
             raise MsnError(cfg.store, "Meta-FM episodes need at least 2 fit patches")
@@ -120,24 +112,28 @@ def train_fusion(cfg: FusionConfig) -> StageResult:
         model.to(ctx.device)
         if ctx.channels_last:
             model.to(memory_format=torch.channels_last)
-        scaler = ctx.grad_scaler()
         if cfg.alternate:
-            return train_alternating(run, model, new_card, cfg, ctx, state, scaler, workers)
-        freeze(model, model.fusion)
-        step_net = wrap_ddp(FusionStep(model), ctx)
-        opt = adam(model.fusion_parameters(), cfg.lr)
-        parts = {"model": model.fusion, "optimizer": opt, "scaler": scaler}
-        start = run.resume(parts, state)
-        if start >= cfg.epochs and run.stage.complete:
-            return StageResult(
-                "fusion", run.stage.dir, 0, run.history, "already finished", ctx.rank
-            )
-        run.write_config(fit_patches=len(fit))
+            return trainer.fit(alternating(model, new_card, cfg, ctx, len(fit)))
+        return trainer.fit(_fusion(trainer, model, new_card, ds, fit, frozen_stages))
+    finally:
+        ctx.close()
 
-        cache = _branch_cache(run, model, ds, fit, cfg, ctx, workers, frozen_stages, new_card)
+
+def _fusion(trainer: Trainer, model, card: ModelCard, ds, fit, frozen: tuple[str, ...]) -> Plan:
+    """The fusion on frozen branches, from their cached logits; Meta-FM in episodes."""
+    cfg, ctx = trainer.cfg, trainer.ctx
+    freeze(model, model.fusion)
+    step_net = wrap_ddp(FusionStep(model), ctx)
+    opt = adam(model.fusion_parameters(), cfg.lr)
+
+    def epochs() -> Epochs:
+        cache = _branch_cache(trainer, model, ds, fit, frozen, card)
         cached_logits = "s1" in cache.arrays
-        grads = [torch.from_numpy(cache.load(k)).to(ctx.device) for k in ("g1", "g2", "c1", "c2")]
-        need = [] if cached_logits and cfg.method != "awmf" else list(images)
+        parts = [
+            OutputGradient(*(torch.from_numpy(cache.load(k)).to(ctx.device) for k in (g, c)))
+            for g, c in (("g1", "c1"), ("g2", "c2"))
+        ]
+        need = [] if cached_logits and cfg.method != "awmf" else list(BRANCHES)
         aug = Augment(cfg.seed, flips=cfg.augment, jitter=0.0)
         train = FitView(
             dataset(cfg.store, cfg.split, (*need, "y1")),
@@ -146,10 +142,6 @@ def train_fusion(cfg: FusionConfig) -> StageResult:
             LOGITS if cached_logits else (),
             aug,
         )
-        val = None
-        if cfg.val_split:
-            vds = dataset(cfg.store, cfg.val_split, val_fields(["fusion"]), "--val-split")
-            val = ordered_loader(vds, cfg.batch_size, ctx, workers)
         p = ds.spec.patch_size
         counter = {"epoch": 0, "step": 0}
 
@@ -163,33 +155,26 @@ def train_fusion(cfg: FusionConfig) -> StageResult:
                     s = _branch_logits(model, *x)
             sigma = None
             if cfg.method == "meta":
-                sigma = _support_sigma(grads, batch["row"].numpy(), len(fit), cfg, ctx, counter)
+                sigma = _support_sigma(parts, batch["row"].numpy(), len(fit), cfg, ctx, counter)
             fused = step_net(*s, x if cfg.method == "awmf" else None, sigma)
             counter["step"] += 1
             return {"loss_fusion": segmentation_loss(fused, y1)}, {"fusion": (fused, y1)}
 
-        loader = train_loader(train, cfg.batch_size, cfg.seed, ctx, workers)
-        for epoch in range(start, cfg.epochs):
+        def phase(epoch: int) -> Phase:
             counter["epoch"] = epoch
             counter["step"] = 0
             freeze(model, model.fusion)
-            loader.sampler.set_epoch(epoch)
-            desc = f"train-fusion {epoch + 1}/{cfg.epochs}"
-            record = fit_epoch(loader, step, opt, scaler, ctx, desc, len(train), len(card.classes))
-            if cfg.method == "meta":
-                model.store_sigma(_sigma(grads, slice(None)))
-            if val is not None:
-                stages = (*frozen_stages, "fusion")
-                miou = validate(model, stages, new_card, val, ["x1", "fusion"], ctx)
-                record.update({f"val_miou_{k}": v for k, v in miou.items()})
-            run.end_epoch(epoch, record, parts)
-        run.finish(
-            model.fusion.state_dict(),
-            lambda: plot_history(run.history, run.stage.file("curves.png"), "train-fusion"),
-        )
-        return StageResult("fusion", run.stage.dir, cfg.epochs - start, run.history, rank=ctx.rank)
-    finally:
-        ctx.close()
+            return Phase(opt, step)
+
+        def store_sigma() -> None:  # σ* over the whole fit (support) set
+            model.store_sigma(_sigma(parts, slice(None)))
+
+        return Epochs(train, phase, store_sigma if cfg.method == "meta" else None)
+
+    validation = Validation(model, (*frozen, "fusion"), ("x1", "fusion"))
+    return Plan(
+        card, model.fusion, {"optimizer": opt}, epochs, validation, {"fit_patches": len(fit)}
+    )
 
 
 def _holdout(ck: CheckpointDir, cfg: FusionConfig) -> tuple[dict, bool]:
@@ -213,23 +198,17 @@ def _holdout(ck: CheckpointDir, cfg: FusionConfig) -> tuple[dict, bool]:
     return held, use_holdout
 
 
-def _sigma(grads, rows) -> torch.Tensor:
-    """σ (Eq. 3) of the patches ``rows`` from the cached per-patch gradient sums."""
-    g1, g2, c1, c2 = grads
-    return torch.cat(
-        [
-            g1[rows].sum(0) / c1[rows].sum().clamp(min=1),
-            g2[rows].sum(0) / c2[rows].sum().clamp(min=1),
-        ]
-    )
+def _sigma(parts: Sequence[OutputGradient], rows) -> torch.Tensor:
+    """σ (Eq. 3) of the fit patches ``rows`` from the cached per-patch parts (X1, X2)."""
+    return sigma_from_gradients(*(OutputGradient(g.grad_sum[rows], g.count[rows]) for g in parts))
 
 
-def _support_sigma(grads, query: np.ndarray, n: int, cfg, ctx: Context, counter) -> torch.Tensor:
+def _support_sigma(parts, query: np.ndarray, n: int, cfg, ctx: Context, counter) -> torch.Tensor:
     """σ of a support batch drawn from the fit patches outside this query batch."""
     rng = np.random.default_rng([cfg.seed, counter["epoch"], counter["step"], ctx.rank, 17])
     others = np.setdiff1d(np.arange(n), query)
     support = rng.choice(others, size=min(cfg.batch_size, len(others)), replace=False)
-    return _sigma(grads, torch.from_numpy(np.sort(support)).to(ctx.device))
+    return _sigma(parts, torch.from_numpy(np.sort(support)).to(ctx.device))
 
 
 def _branch_logits(model, x1, x2, x3) -> list[torch.Tensor]:
@@ -239,8 +218,9 @@ def _branch_logits(model, x1, x2, x3) -> list[torch.Tensor]:
     return [s1, s2, meta.logits]
 
 
-def _branch_cache(run, model, ds, fit, cfg, ctx: Context, workers, frozen, card) -> ArrayCache:
+def _branch_cache(trainer: Trainer, model, ds, fit, frozen, card: ModelCard) -> ArrayCache:
     """Per fit patch: low-resolution branch logits (if within budget) and σ parts."""
+    cfg, ctx, stage = trainer.cfg, trainer.ctx, trainer.stage
     p, head = ds.spec.patch_size, model.meta_branch
     with torch.no_grad():
         pen = head(torch.zeros(1, 3, p, p, device=ctx.device)).penultimate
@@ -250,12 +230,12 @@ def _branch_cache(run, model, ds, fit, cfg, ctx: Context, workers, frozen, card)
     arrays["c2"] = ((), "int64")
     logits = {k: (low, "float16") for k in LOGITS}
     n = len(fit)
-    if ArrayCache(run.stage.file("cache"), logits, n).nbytes <= cfg.cache_gb * 1e9:
+    if ArrayCache(stage.cache, logits, n).nbytes <= cfg.cache_gb * 1e9:
         arrays.update(logits)
     else:
         log.info("branch-logit cache over --cache-gb %g: recomputing them per batch", cfg.cache_gb)
-    cache = ArrayCache(run.stage.file("cache"), arrays, n)
-    weights = [run.ck.stage(s).weights for s in frozen]
+    cache = ArrayCache(stage.cache, arrays, n)
+    weights = [trainer.ck.stage(s).weights for s in frozen]
     key = cache_key(*weights, card.model["gap_layers"], sorted(arrays), ds.url)
     key = cache_key(key, ds.slide_names, fit.tolist(), *normalization_part(card.normalize))
     if cache.valid(key):
@@ -264,10 +244,9 @@ def _branch_cache(run, model, ds, fit, cfg, ctx: Context, workers, frozen, card)
         cache.create()
     ctx.barrier()
     with torch.no_grad():
-        for batch in ordered_loader(FitView(ds, fit), cfg.batch_size, ctx, workers):
+        for batch in ordered_loader(FitView(ds, fit), cfg.batch_size, ctx, trainer.workers):
             x1, x2, x3 = (
-                to_input(batch[k], ctx.device, ctx.channels_last, card.normalize)
-                for k in ("x1", "x2", "x3")
+                to_input(batch[k], ctx.device, ctx.channels_last, card.normalize) for k in BRANCHES
             )
             y1 = to_target(batch["y1"], ctx.device)
             with ctx.autocast():

@@ -15,7 +15,7 @@
    geometry; colour jitter touches X1/X2 only, X3's features come from the original image).
 3. ``--holdout F`` leaves a seeded fraction F of the split's patches out of Mem-RM training
    and records them (``held_out`` in ``memrm/config.json``); ``train-fusion`` then fits the
-   fusion on exactly those by default (DESIGN.md §2).
+   fusion on exactly those by default (docs/architecture.md §4).
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ from torch import nn
 from msn_cli.io.atomic import atomic_write_json
 from msn_cli.io.card import Normalization
 from msn_cli.io.checkpoints import CheckpointDir, ModelCard
-from msn_cli.runtime import seed_everything, to_input, to_target
+from msn_cli.plots import gap_figure, parse_gap_stats
+from msn_cli.runtime import to_input, to_target
 from msn_cli.training.cache import ArrayCache, cache_key, normalization_part
 from msn_cli.training.common import (
     StageResult,
@@ -43,19 +44,12 @@ from msn_cli.training.common import (
     wrap_ddp,
 )
 from msn_cli.training.config import MemRMConfig
-from msn_cli.training.context import Context, make_context
-from msn_cli.training.data import (
-    Augment,
-    FitView,
-    default_workers,
-    holdout_split,
-    indices_of,
-    ordered_loader,
-    train_loader,
-)
+from msn_cli.training.context import make_context
+from msn_cli.training.data import Augment, FitView, holdout_split, indices_of, ordered_loader
 from msn_cli.training.gaps import choose_layers, layer_statistics, parse_gap_layers
-from msn_cli.training.loop import StageRun, fit_epoch, segmentation_loss, val_fields, validate
-from msn_cli.training.plots import plot_gap_layers, plot_history
+from msn_cli.training.loop import segmentation_loss, val_fields
+from msn_cli.training.trainer import Epochs, Phase, Plan, Trainer, Validation
+from msn_cli.vocab import BRANCHES
 
 log = logging.getLogger("msn")
 
@@ -85,13 +79,9 @@ def train_memrm(cfg: MemRMConfig) -> StageResult:
     names = parse_gap_layers(cfg.gap_layers, _candidates(card), _defaults(card))
     ctx = make_context(cfg.device, cfg.amp, cfg.threads)
     try:
-        run = StageRun(ck, "memrm", ctx, cfg.to_dict())
-        if cfg.restart:
-            run.restart()
-        state = run.check_resumable()
-        seed_everything(cfg.seed)
-        workers = default_workers(ctx.world) if cfg.workers is None else cfg.workers
-        fields = ("x1", "x2", "x3", "y1", "y2")
+        trainer = Trainer(ck, "memrm", ctx, cfg, cfg.to_dict())
+        state = trainer.start()
+        fields = (*BRANCHES, "y1", "y2")
         ds = dataset(cfg.store, cfg.split, fields)
         held = holdout_split(ds, cfg.holdout, cfg.seed) if cfg.holdout > 0 else {}
         fit = indices_of(ds, held, inside=False) if held else np.arange(len(ds))
@@ -99,8 +89,7 @@ def train_memrm(cfg: MemRMConfig) -> StageResult:
             raise_usage("--holdout", "leaves no patch to train the Mem-RMs on")
 
         meta, _ = ck.load_model(ctx.device, stages=("meta",))
-        reuse = state is not None
-        stats = _gap_analysis(run, meta, ds, fit, cfg, ctx, workers, norm, reuse=reuse)
+        stats = _gap_analysis(trainer, meta, ds, fit, cfg, norm, reuse=state is not None)
         chosen = names or tuple(stats["chosen"])
         mcfg = replace(card.config(), gap_layers=chosen)
         new_card = replace(card, model=mcfg.to_dict())
@@ -120,59 +109,48 @@ def train_memrm(cfg: MemRMConfig) -> StageResult:
         freeze(model, model.memory_recall)
         step_net = wrap_ddp(MemRMStep(model), ctx)
         opt = adam(model.memory_parameters(), cfg.lr)
-        scaler = ctx.grad_scaler()
-        parts = {"model": model.memory_recall, "optimizer": opt, "scaler": scaler}
-        start = run.resume(parts, state)
-        if start >= cfg.epochs and run.stage.complete:
-            return StageResult("memrm", run.stage.dir, 0, run.history, "already finished", ctx.rank)
-        run.write_config(gap_layers_chosen=list(chosen), held_out=held, fit_patches=len(fit))
 
-        cache = _meta_feature_cache(run, model, ds, fit, cfg, ctx, workers, norm)
-        mem_keys = [f"mem_{g}" for g in chosen]
-        tfields = ("x1", "x2", "y1", "y2") if cache is not None else fields
-        aug = Augment(cfg.seed, flips=cfg.augment, jitter=cfg.color_jitter, images=("x1", "x2"))
-        train = FitView(
-            dataset(cfg.store, cfg.split, tfields),
-            fit,
-            cache,
-            mem_keys if cache is not None else (),
-            aug,
-        )
-        val = None
-        if cfg.val_split:
-            vds = dataset(cfg.store, cfg.val_split, val_fields(["x1", "x2", "x3"]), "--val-split")
-            val = ordered_loader(vds, cfg.batch_size, ctx, workers)
+        def epochs() -> Epochs:
+            cache = _meta_feature_cache(trainer, model, ds, fit, cfg, norm)
+            mem_keys = [f"mem_{g}" for g in chosen]
+            tfields = ("x1", "x2", "y1", "y2") if cache is not None else fields
+            aug = Augment(cfg.seed, flips=cfg.augment, jitter=cfg.color_jitter, images=("x1", "x2"))
+            train = FitView(
+                dataset(cfg.store, cfg.split, tfields),
+                fit,
+                cache,
+                mem_keys if cache is not None else (),
+                aug,
+            )
 
-        def step(batch):
-            x1 = to_input(batch["x1"], ctx.device, ctx.channels_last, norm)
-            x2 = to_input(batch["x2"], ctx.device, ctx.channels_last, norm)
-            if cache is not None:
-                memory = {g: batch[f"mem_{g}"].to(ctx.device).float() for g in chosen}
-            else:
-                with torch.no_grad():
-                    x3 = to_input(batch["x3"], ctx.device, ctx.channels_last, norm)
-                    memory = model.meta_features(x3).features
-            y1, y2 = to_target(batch["y1"], ctx.device), to_target(batch["y2"], ctx.device)
-            s1, s2 = step_net(x1, x2, memory)
-            losses = {"loss_x1": segmentation_loss(s1, y1), "loss_x2": segmentation_loss(s2, y2)}
-            return losses, {"x1": (s1, y1), "x2": (s2, y2)}
+            def step(batch):
+                x1 = to_input(batch["x1"], ctx.device, ctx.channels_last, norm)
+                x2 = to_input(batch["x2"], ctx.device, ctx.channels_last, norm)
+                if cache is not None:
+                    memory = {g: batch[f"mem_{g}"].to(ctx.device).float() for g in chosen}
+                else:
+                    with torch.no_grad():
+                        x3 = to_input(batch["x3"], ctx.device, ctx.channels_last, norm)
+                        memory = model.meta_features(x3).features
+                y1, y2 = to_target(batch["y1"], ctx.device), to_target(batch["y2"], ctx.device)
+                s1, s2 = step_net(x1, x2, memory)
+                losses = {
+                    "loss_x1": segmentation_loss(s1, y1),
+                    "loss_x2": segmentation_loss(s2, y2),
+                }
+                return losses, {"x1": (s1, y1), "x2": (s2, y2)}
 
-        nc = len(card.classes)
-        loader = train_loader(train, cfg.batch_size, cfg.seed, ctx, workers)
-        for epoch in range(start, cfg.epochs):
-            freeze(model, model.memory_recall)
-            loader.sampler.set_epoch(epoch)
-            desc = f"train-memrm {epoch + 1}/{cfg.epochs}"
-            record = fit_epoch(loader, step, opt, scaler, ctx, desc, len(train), nc)
-            if val is not None:
-                miou = validate(model, ("meta", "memrm"), new_card, val, ["x1", "x2"], ctx)
-                record.update({f"val_miou_{k}": v for k, v in miou.items()})
-            run.end_epoch(epoch, record, parts)
-        run.finish(
-            model.memory_recall.state_dict(),
-            lambda: plot_history(run.history, run.stage.file("curves.png"), "train-memrm"),
-        )
-        return StageResult("memrm", run.stage.dir, cfg.epochs - start, run.history, rank=ctx.rank)
+            def phase(epoch: int) -> Phase:
+                freeze(model, model.memory_recall)
+                return Phase(opt, step)
+
+            return Epochs(train, phase)
+
+        # Validating X1 and X2 runs the meta-branch on X3 too.
+        validation = Validation(model, ("meta", "memrm"), ("x1", "x2"), val_fields(BRANCHES))
+        derived = {"gap_layers_chosen": list(chosen), "held_out": held, "fit_patches": len(fit)}
+        plan = Plan(new_card, model.memory_recall, {"optimizer": opt}, epochs, validation, derived)
+        return trainer.fit(plan)
     finally:
         ctx.close()
 
@@ -195,17 +173,15 @@ def _defaults(card: ModelCard) -> tuple[str, ...]:
     return tuple(backbone_spec(card.model["backbone"]).default_gap_layers)
 
 
-def _gap_analysis(
-    run: StageRun, meta, ds, fit, cfg, ctx: Context, workers, norm: Normalization, reuse: bool
-) -> dict:
+def _gap_analysis(trainer: Trainer, meta, ds, fit, cfg, norm: Normalization, reuse: bool) -> dict:
     """Fig. 1 statistics (reused from ``gap_layers.json`` when resuming), top-k chosen."""
-    path = run.stage.file("gap_layers.json")
+    ctx, path = trainer.ctx, trainer.stage.gap_stats
     if reuse and path.is_file():
         return json.loads(path.read_text())
     n = min(cfg.analysis_patches, len(fit))
     pick = fit[np.unique(np.linspace(0, len(fit) - 1, n).round().astype(int))]
     view = FitView(ds, pick)
-    loader = ordered_loader(view, cfg.batch_size, ctx, workers)
+    loader = ordered_loader(view, cfg.batch_size, ctx, trainer.workers)
     stats = layer_statistics(meta.meta_branch, loader, ctx, norm)
     nongap = cfg.gap_layers.strip().lower() == "nongap"
     stats["chosen"] = list(choose_layers(stats, cfg.top_k, lowest=nongap))
@@ -213,19 +189,20 @@ def _gap_analysis(
     stats["lowest"] = nongap  # --gap-layers nongap: the top_k lowest scores
     if ctx.is_main:
         atomic_write_json(path, stats)
-        plot_gap_layers(stats, run.stage.file("gap_layers.png"))
+        if (figure := parse_gap_stats(stats)) is not None:
+            gap_figure(figure, trainer.stage.gap_figure)
     return stats
 
 
 def _meta_feature_cache(
-    run, model, ds, fit, cfg, ctx: Context, workers, norm: Normalization
+    trainer: Trainer, model, ds, fit, cfg, norm: Normalization
 ) -> ArrayCache | None:
     """X3's gap-layer meta-features of every fit patch, computed once (float16 on disk)."""
-    p = ds.spec.patch_size
+    ctx, p = trainer.ctx, ds.spec.patch_size
     with torch.no_grad():
         probe = model.meta_features(torch.zeros(1, 3, p, p, device=ctx.device)).features
     arrays = {f"mem_{g}": (tuple(t.shape[1:]), "float16") for g, t in probe.items()}
-    cache = ArrayCache(run.stage.file("cache"), arrays, len(fit))
+    cache = ArrayCache(trainer.stage.cache, arrays, len(fit))
     if cache.nbytes > cfg.cache_gb * 1e9:
         log.info(
             "meta-feature cache would take %.1f GB > --cache-gb %g: recomputing per batch",
@@ -233,7 +210,7 @@ def _meta_feature_cache(
             cfg.cache_gb,
         )
         return None
-    weights = run.ck.stage("meta").weights
+    weights = trainer.ck.stage("meta").weights
     key = cache_key(
         weights, sorted(arrays), ds.url, ds.slide_names, fit.tolist(), *normalization_part(norm)
     )
@@ -244,7 +221,7 @@ def _meta_feature_cache(
     ctx.barrier()
     view = FitView(dataset(cfg.store, cfg.split, ("x3",)), fit)
     with torch.no_grad():
-        for batch in ordered_loader(view, cfg.batch_size, ctx, workers):
+        for batch in ordered_loader(view, cfg.batch_size, ctx, trainer.workers):
             x3 = to_input(batch["x3"], ctx.device, ctx.channels_last, norm)
             with ctx.autocast():
                 feats = model.meta_features(x3).features

@@ -26,13 +26,14 @@ from torch import nn
 from msn_cli.errors import MsnError, MsnUsageError
 from msn_cli.io.card import DEFAULT_NORMALIZE, IMAGENET_NORMALIZE
 from msn_cli.io.checkpoints import CheckpointDir, ModelCard
-from msn_cli.runtime import seed_everything, to_input, to_target
+from msn_cli.runtime import to_input, to_target
 from msn_cli.training.common import StageResult, adam, dataset, store_spec, wrap_ddp
 from msn_cli.training.config import MetaConfig
 from msn_cli.training.context import make_context
-from msn_cli.training.data import Augment, FitView, default_workers, ordered_loader, train_loader
-from msn_cli.training.loop import StageRun, fit_epoch, segmentation_loss, val_fields, validate
-from msn_cli.training.plots import plot_history
+from msn_cli.training.data import Augment, FitView
+from msn_cli.training.loop import segmentation_loss
+from msn_cli.training.trainer import Epochs, Phase, Plan, Trainer, Validation
+from msn_cli.vocab import LABEL_OF
 
 
 class MetaStep(nn.Module):
@@ -76,14 +77,11 @@ def train_meta(cfg: MetaConfig) -> StageResult:
         card = replace(card, pretrained=weights.record)
     ctx = make_context(cfg.device, cfg.amp, cfg.threads)
     try:
-        run = StageRun(ck, "meta", ctx, {**cfg.to_dict(), "pretrained": source})
-        if cfg.restart:
-            run.restart()
-        state = run.check_resumable()
+        trainer = Trainer(ck, "meta", ctx, cfg, {**cfg.to_dict(), "pretrained": source})
+        state = trainer.start()
         if ctx.is_main and (cfg.restart or not ck.exists() or state is None):
             ck.write_card(card)
         ctx.barrier()
-        seed_everything(cfg.seed)
         model = MSN(mcfg)
         if weights is not None and state is None:
             weights.load_into(model.meta_branch)
@@ -92,21 +90,7 @@ def train_meta(cfg: MetaConfig) -> StageResult:
             net.to(memory_format=torch.channels_last)
         step_net = wrap_ddp(MetaStep(net), ctx)
         opt = adam(net.parameters(), cfg.lr)
-        scaler = ctx.grad_scaler()
-        parts = {"model": net, "optimizer": opt, "scaler": scaler}
-        start = run.resume(parts, state)
-        if start >= cfg.epochs and ck.stage("meta").complete:
-            return StageResult("meta", run.stage.dir, 0, run.history, "already finished", ctx.rank)
-        run.write_config()
-
-        xk, yk = cfg.input, "y" + cfg.input[1]
-        aug = Augment(cfg.seed, flips=cfg.augment, jitter=cfg.color_jitter)
-        train = FitView(dataset(cfg.store, cfg.split, (xk, yk)), transform=aug)
-        workers = default_workers(ctx.world) if cfg.workers is None else cfg.workers
-        val = None
-        if cfg.val_split:
-            vds = dataset(cfg.store, cfg.val_split, val_fields([xk]), "--val-split")
-            val = ordered_loader(vds, cfg.batch_size, ctx, workers)
+        xk, yk = cfg.input, LABEL_OF[cfg.input]
 
         def step(batch):
             x = to_input(batch[xk], ctx.device, ctx.channels_last, card.normalize)
@@ -117,21 +101,16 @@ def train_meta(cfg: MetaConfig) -> StageResult:
                 losses[f"loss_aux{i + 1}"] = segmentation_loss(a, y)
             return losses, {xk: (logits, y)}
 
-        loader = train_loader(train, cfg.batch_size, cfg.seed, ctx, workers)
-        for epoch in range(start, cfg.epochs):
+        def phase(epoch: int) -> Phase:
             net.train()
-            loader.sampler.set_epoch(epoch)
-            desc = f"train-meta {epoch + 1}/{cfg.epochs}"
-            record = fit_epoch(loader, step, opt, scaler, ctx, desc, len(train), len(spec.classes))
-            if val is not None:
-                miou = validate(model, ("meta",), card, val, [xk], ctx)
-                record[f"val_miou_{xk}"] = miou[xk]
-            run.end_epoch(epoch, record, parts)
-        run.finish(
-            net.state_dict(),
-            lambda: plot_history(run.history, run.stage.file("curves.png"), "train-meta"),
-        )
-        return StageResult("meta", run.stage.dir, cfg.epochs - start, run.history, rank=ctx.rank)
+            return Phase(opt, step)
+
+        def epochs() -> Epochs:
+            aug = Augment(cfg.seed, flips=cfg.augment, jitter=cfg.color_jitter)
+            return Epochs(FitView(dataset(cfg.store, cfg.split, (xk, yk)), transform=aug), phase)
+
+        validation = Validation(model, ("meta",), (xk,))
+        return trainer.fit(Plan(card, net, {"optimizer": opt}, epochs, validation))
     finally:
         ctx.close()
 

@@ -15,6 +15,7 @@ from msn_cli.synth import texture
 from msn_cli.synth.geometry import bbox, fill_polygon
 from msn_cli.synth.layout import CLASS_COLORS, CLASS_NAMES, Layout, make_layout
 from msn_cli.synth.pyramid import level_dimensions, write_pyramid
+from msn_cli.vocab import IGNORE
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ class SlideTruth:
         if box is None:
             box = (0, 0, int(np.ceil(w0 / downsample)), int(np.ceil(h0 / downsample)))
         x, y, w, h = box
-        out = np.full((h, w), 255, np.uint8)
+        out = np.full((h, w), IGNORE, np.uint8)
         origin = (x * downsample, y * downsample)
         for region in self.layout.regions:
             for part in region.parts:

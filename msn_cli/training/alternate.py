@@ -13,17 +13,20 @@ the tuned experts (``model.json``: ``tune_experts``).
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import nn
 
+from msn_cli.io.card import ModelCard
 from msn_cli.runtime import to_input, to_target
-from msn_cli.training.common import StageResult, dataset, freeze, wrap_ddp
-from msn_cli.training.data import Augment, FitView, ordered_loader, train_loader
-from msn_cli.training.loop import fit_epoch, segmentation_loss, val_fields, validate
-from msn_cli.training.plots import plot_history
-
-OUTPUTS = ("x1", "x2", "x3", "fusion")
-TARGETS = ("y1", "y2", "y3")
+from msn_cli.training.common import dataset, freeze, wrap_ddp
+from msn_cli.training.config import FusionConfig
+from msn_cli.training.context import Context
+from msn_cli.training.data import Augment, FitView
+from msn_cli.training.loop import segmentation_loss
+from msn_cli.training.trainer import Epochs, Phase, Plan, Validation
+from msn_cli.vocab import BRANCHES, LABELS, OUTPUTS
 
 
 class AlternateStep(nn.Module):
@@ -47,63 +50,40 @@ def phase(epoch: int) -> str:
     return "fusion" if epoch % 2 == 0 else "experts"
 
 
-def train_alternating(run, model, card, cfg, ctx, state, scaler, workers) -> StageResult:
-    """The alternating loop of an independent-experts model (see the module docstring)."""
-    experts = model.expert_modules()
-    trained = {"fusion": model.fusion, "experts": experts}
+def alternating(model, card: ModelCard, cfg: FusionConfig, ctx: Context, fit_patches: int) -> Plan:
+    """The alternating training of an independent-experts model (see the module docstring);
+    ``fit_patches``: the size of the split it fits on."""
+    trained = {"fusion": model.fusion, "experts": model.expert_modules()}
     opts = {k: torch.optim.Adam(list(m.parameters()), lr=cfg.lr) for k, m in trained.items()}
-    parts = {
-        "model": model.stage_part("fusion"),
-        "optimizer": opts["fusion"],
-        "optimizer_experts": opts["experts"],
-        "scaler": scaler,
-    }
-    start = run.resume(parts, state)
-    if start >= cfg.epochs and run.stage.complete:
-        return StageResult("fusion", run.stage.dir, 0, run.history, "already finished", ctx.rank)
-    train = FitView(
-        dataset(cfg.store, cfg.split, ("x1", "x2", "x3", *TARGETS)),
-        transform=Augment(cfg.seed, flips=cfg.augment, jitter=0.0),
-    )
-    run.write_config(fit_patches=len(train))
-    val = None
-    if cfg.val_split:
-        vds = dataset(cfg.store, cfg.val_split, val_fields(OUTPUTS), "--val-split")
-        val = ordered_loader(vds, cfg.batch_size, ctx, workers)
-    loader = train_loader(train, cfg.batch_size, cfg.seed, ctx, workers)
-    nc = len(card.classes)
-    for epoch in range(start, cfg.epochs):
+
+    def step(batch, step_net: nn.Module, part: str):
+        x = [to_input(batch[k], ctx.device, ctx.channels_last, card.normalize) for k in BRANCHES]
+        y = [to_target(batch[k], ctx.device) for k in LABELS]
+        s, aux, fused = step_net(*x)
+        losses = {"loss_fusion": segmentation_loss(fused, y[0])}
+        preds = {"fusion": (fused, y[0])}
+        for k, logits, extra, target in zip(BRANCHES, s, aux, y, strict=True):
+            preds[k] = (logits, target)
+            if part == "experts":
+                losses[f"loss_{k}"] = segmentation_loss(logits, target)
+                for i, a in enumerate(extra):
+                    losses[f"loss_{k}_aux{i + 1}"] = segmentation_loss(a, target)
+        return losses, preds
+
+    def epoch_phase(epoch: int) -> Phase:
         part = phase(epoch)
         freeze(model, trained[part])
         step_net = wrap_ddp(AlternateStep(model, part == "experts"), ctx)
+        return Phase(opts[part], partial(step, step_net=step_net, part=part), part)
 
-        def step(batch, step_net=step_net, part=part):
-            x = [
-                to_input(batch[k], ctx.device, ctx.channels_last, card.normalize)
-                for k in ("x1", "x2", "x3")
-            ]
-            y = [to_target(batch[k], ctx.device) for k in TARGETS]
-            s, aux, fused = step_net(*x)
-            losses = {"loss_fusion": segmentation_loss(fused, y[0])}
-            preds = {"fusion": (fused, y[0])}
-            for k, logits, extra, target in zip(OUTPUTS[:3], s, aux, y, strict=True):
-                preds[k] = (logits, target)
-                if part == "experts":
-                    losses[f"loss_{k}"] = segmentation_loss(logits, target)
-                    for i, a in enumerate(extra):
-                        losses[f"loss_{k}_aux{i + 1}"] = segmentation_loss(a, target)
-            return losses, preds
+    def epochs() -> Epochs:
+        train = FitView(
+            dataset(cfg.store, cfg.split, (*BRANCHES, *LABELS)),
+            transform=Augment(cfg.seed, flips=cfg.augment, jitter=0.0),
+        )
+        return Epochs(train, epoch_phase)
 
-        loader.sampler.set_epoch(epoch)
-        desc = f"train-fusion {epoch + 1}/{cfg.epochs} ({part})"
-        record = fit_epoch(loader, step, opts[part], scaler, ctx, desc, len(train), nc)
-        record["trained"] = part
-        if val is not None:
-            miou = validate(model, ("experts", "fusion"), card, val, OUTPUTS, ctx)
-            record.update({f"val_miou_{k}": v for k, v in miou.items()})
-        run.end_epoch(epoch, record, parts)
-    run.finish(
-        model.stage_part("fusion").state_dict(),
-        lambda: plot_history(run.history, run.stage.file("curves.png"), "train-fusion"),
-    )
-    return StageResult("fusion", run.stage.dir, cfg.epochs - start, run.history, rank=ctx.rank)
+    optimizers = {"optimizer": opts["fusion"], "optimizer_experts": opts["experts"]}
+    validation = Validation(model, ("experts", "fusion"), OUTPUTS)
+    config = {"fit_patches": fit_patches}
+    return Plan(card, model.stage_part("fusion"), optimizers, epochs, validation, config)

@@ -12,9 +12,9 @@ from typing import Any
 
 from msn_cli.errors import MsnUsageError
 from msn_cli.io.store import SPLITS
+from msn_cli.vocab import BRANCHES
 
 METHODS = ("meta", "conv", "awmf")
-INPUTS = ("x1", "x2", "x3")
 
 
 @dataclass
@@ -74,7 +74,7 @@ class MetaConfig(TrainConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.input not in INPUTS:
+        if self.input not in BRANCHES:
             raise MsnUsageError("--input", f"{self.input!r} is not one of x1, x2, x3")
 
 

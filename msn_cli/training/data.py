@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from msn_cli.io.dataset import PatchDataset
-from msn_cli.io.store import IMAGES
+from msn_cli.vocab import BRANCHES
 
 Sample = dict[str, torch.Tensor]
 _NOT_SPATIAL = ("index", "row")
@@ -38,7 +38,7 @@ class Augment:
     """
 
     def __init__(
-        self, seed: int, flips: bool = True, jitter: float = 0.0, images: Sequence[str] = IMAGES
+        self, seed: int, flips: bool = True, jitter: float = 0.0, images: Sequence[str] = BRANCHES
     ) -> None:
         self.seed, self.flips, self.jitter, self.images = int(seed), flips, float(jitter), images
         self.epoch = 0

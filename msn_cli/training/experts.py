@@ -21,8 +21,7 @@ from msn_cli.errors import MsnError
 from msn_cli.io.checkpoints import CheckpointDir, ModelCard
 from msn_cli.io.store import StoreSpec
 from msn_cli.training.cache import file_digest
-
-EXPERT_INPUTS = ("x1", "x2", "x3")
+from msn_cli.vocab import BRANCHES
 
 
 def _sources(dirs: list[str], spec: StoreSpec, url: str) -> tuple[list[ModelCard], dict]:
@@ -31,7 +30,7 @@ def _sources(dirs: list[str], spec: StoreSpec, url: str) -> tuple[list[ModelCard
 
     cards: list[ModelCard] = []
     recorded = {}
-    for which, src in zip(EXPERT_INPUTS, dirs, strict=True):
+    for which, src in zip(BRANCHES, dirs, strict=True):
         sck = CheckpointDir(src)
         sck.require("meta")
         sck.check_store(spec, url)
@@ -84,7 +83,7 @@ def check_experts(
         return recorded
     if done == recorded:
         return None
-    changed = next(b for b in EXPERT_INPUTS if done.get(b) != recorded[b])
+    changed = next(b for b in BRANCHES if done.get(b) != recorded[b])
     was = (done.get(changed) or {}).get("checkpoints")
     if was == recorded[changed]["checkpoints"]:
         why = f"the weights of expert {changed} ({was}) changed since they were imported"
@@ -105,7 +104,7 @@ def write_experts(ck: CheckpointDir, dirs: list[str], recorded: dict) -> None:
     first = cards[0]
     mcfg = MSNConfig(**{k: first.model[k] for k in ARCH_KEYS}, branches="independent")
     model = MSN(mcfg)
-    for which, src in zip(EXPERT_INPUTS, dirs, strict=True):
+    for which, src in zip(BRANCHES, dirs, strict=True):
         weights = CheckpointDir(src).stage("meta").weights
         try:
             model.branch_net(which).load_state_dict(load_checkpoint_file(weights))

@@ -1,4 +1,4 @@
-"""The gap-layer analysis of the paper's Fig. 1 (DESIGN.md §2).
+"""The gap-layer analysis of the paper's Fig. 1 (docs/architecture.md §4).
 
 X1, X2 and X3 of the same patches run through the frozen meta-branch; for every candidate
 layer we accumulate per-channel activation mean and variance per input scale. A layer's gap
@@ -25,8 +25,8 @@ import torch
 from msn_cli.io.card import Normalization
 from msn_cli.runtime import to_input
 from msn_cli.training.context import Context
+from msn_cli.vocab import BRANCHES
 
-SCALES = ("x1", "x2", "x3")
 EPS = 1e-6
 
 
@@ -40,7 +40,7 @@ def layer_statistics(meta_branch, loader, ctx: Context, normalize: Normalization
     patches = torch.zeros((), dtype=torch.float64)
     for batch in loader:
         patches += len(batch["x3"])
-        for scale in SCALES:
+        for scale in BRANCHES:
             x = to_input(batch[scale], ctx.device, ctx.channels_last, normalize)
             with ctx.autocast():
                 feats = meta_branch(x, features=layers).features
@@ -59,7 +59,7 @@ def layer_statistics(meta_branch, loader, ctx: Context, normalize: Normalization
     for name in layers:
         per: dict[str, Any] = {}
         mu, var = {}, {}
-        for scale in SCALES:
+        for scale in BRANCHES:
             s, s2, n = ctx.all_sum(sums[(name, scale)]).cpu()
             mu[scale] = s / n
             var[scale] = (s2 / n - mu[scale] ** 2).clamp(min=0)

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from msn_cli.models.fusion import sigma_from_gradients
 from msn_cli.models.msn import FUSIONS, MSN, MSNConfig
 from msn_cli.models.registry import BACKBONES, build_backbone
 
@@ -76,7 +77,9 @@ def test_msn_forward_backward(backbone: str, fusion: str) -> None:
     x1, x2, x3 = (torch.randn(2, 3, PATCH, PATCH) for _ in range(3))
     y1 = torch.randint(0, NC, (2, PATCH, PATCH))
     y1[0, :8] = 255
-    sigma = net.support_sigma(x1, x2, x3, y1) if fusion == "meta" else None
+    sigma = (
+        sigma_from_gradients(*net.support_gradients(x1, x2, x3, y1)) if fusion == "meta" else None
+    )
     if sigma is not None:
         assert sigma.shape == (net.sigma_dim,)
     out = net(x1, x2, x3, sigma=sigma)
@@ -97,7 +100,7 @@ def test_msn_eval_deterministic_and_stored_sigma() -> None:
     y1 = torch.randint(0, NC, (2, 32, 32))
     with pytest.raises(ValueError, match="stored"):
         net(x1, x2, x3)
-    sigma = net.support_sigma(x1, x2, x3, y1)
+    sigma = sigma_from_gradients(*net.support_gradients(x1, x2, x3, y1))
     net.store_sigma(sigma)
     with torch.no_grad():
         a, b, c = net(x1, x2, x3), net(x1, x2, x3), net(x1, x2, x3, sigma=sigma)

@@ -8,12 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from msn_cli.models.awmf import AWMFFusion
 from msn_cli.models.base import OutputGradient
 from msn_cli.models.fusion import (
+    AWMFFusion,
     ConvFusion,
     MetaFusion,
-    SigmaAccumulator,
     average_kernels,
     sigma_from_gradients,
 )
@@ -67,18 +66,23 @@ def test_sigma_matches_finite_differences(crop: bool) -> None:
     torch.testing.assert_close(g.mean().double(), expect, rtol=1e-4, atol=1e-6)
 
 
-def test_sigma_streams_and_per_sample() -> None:
+def test_sigma_of_any_patches_from_their_per_sample_parts() -> None:
+    """train-fusion caches each patch's σ parts once; σ of any support batch (rows of that
+    cache) equals σ computed on that batch alone, unlabelled patches included."""
     torch.manual_seed(0)
-    g1 = OutputGradient(torch.randn(4, 5), torch.tensor([10, 0, 3, 7]))
-    g2 = OutputGradient(torch.randn(4, 5), torch.tensor([1, 2, 3, 4]))
-    full = sigma_from_gradients(g1, g2)
-    acc = SigmaAccumulator()
-    for sl in (slice(0, 1), slice(1, 4)):
-        acc.update(*(OutputGradient(g.grad_sum[sl], g.count[sl]) for g in (g1, g2)))
-    torch.testing.assert_close(acc.sigma().float(), full)
-    assert sigma_from_gradients(g1, g2, per_sample=True).shape == (4, 10)
-    with pytest.raises(ValueError, match="no support"):
-        SigmaAccumulator().sigma()
+    net = build_backbone("unet", NC, width=0.05).eval()
+    x = torch.randn(4, 3, 16, 16)
+    y = torch.randint(0, NC, (4, 16, 16))
+    y[1] = 255  # a patch without labels: count 0
+    with torch.no_grad():
+        pen = net(x).penultimate
+    cached = net.output_gradient(pen, y)
+    assert cached.count.tolist()[1] == 0
+    for rows in ([0, 2, 3], [1, 3], [1]):
+        part = OutputGradient(cached.grad_sum[rows], cached.count[rows])
+        alone = net.output_gradient(pen[rows], y[rows])
+        torch.testing.assert_close(sigma_from_gradients(part, part), torch.cat([alone.mean()] * 2))
+    assert sigma_from_gradients(cached, cached, per_sample=True).shape == (4, 2 * net.output_size)
 
 
 def _maps(b: int = 2, size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,11 +1,12 @@
-"""Reading a slide's patches in worker threads, in order, with bounded memory.
+"""Worker threads that read a slide unit by unit and hand the results back in order.
 
-``tile`` and ``predict`` both read the triplets of a slide's X1 grid with
-:func:`~msn_cli.io.patches.extract`, unit by unit (a block of patches, or a batch-sized run of
-one grid row), in worker threads: OpenSlide, Pillow and the Zarr codecs release the GIL, so no
-patch is copied between processes. :func:`in_order` is that loop, once: it keeps at most
-``2 * workers`` units in flight and hands their results back in submission order, so the
-consumer (a store writer, a model) works on one unit while the next ones decode.
+``tile`` (a unit: one shard of one branch image, :mod:`msn_cli.stages.tile_write`) and
+``predict`` (a unit: a batch-sized run of one grid row's triplets,
+:func:`~msn_cli.io.patches.extract`) both decode in worker threads: OpenSlide, Pillow and the
+codecs release the GIL, so no pixel is copied between processes. :func:`in_order` is that
+loop, once: it keeps at most ``2 * workers`` units in flight and hands their results back in
+submission order, so the consumer (a store writer, a model) works on one unit while the next
+ones decode.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 A *band* is the level-0 rows owned by one row of X1 patches. :func:`run_bands` measures each
 patch's tissue on a thumbnail, reads the triplets of the tissue patches of the bands still to
-do (:func:`~msn_cli.io.walk.in_order`, worker threads), runs the model on full batches in the
+do (:func:`~msn_cli.io.workers.in_order`, worker threads), runs the model on full batches in the
 main thread, and paints the labels into the current band (:class:`BandPainter`); each finished
 band goes to the :class:`~msn_cli.prediction.partial.BandStore` from a writer thread, so only
 one band of predictions is ever in memory.
@@ -25,7 +25,7 @@ from msn_cli.io.maskwriter import sample_index
 from msn_cli.io.patches import extract
 from msn_cli.io.slide import cached_slide
 from msn_cli.io.tissue import tissue_fractions
-from msn_cli.io.walk import in_order
+from msn_cli.io.workers import in_order
 from msn_cli.progress import progress
 
 
