@@ -44,6 +44,20 @@ WorkersOpt = Annotated[
     typer.Option("--workers", min=0, help="Worker threads/processes; 0 = one per CPU core."),
 ]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed.")]
+WeightsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--weights",
+        metavar="best|last",
+        show_default=False,
+        help="best: the last trained stage's best.pt (its epoch of best validation mIoU; "
+        "weights.pt where it has none); last: its final weights.pt. Earlier stages always "
+        "load the weights it was trained on. [default: best]",
+    ),
+]
+#: What the checkpoint files of a directory are called (refused as outputs).
+STAGE_FOLDERS = ("meta", "memrm", "experts", "fusion")
+WEIGHT_FILES = ("weights.pt", "best.pt")
 ShardOpt = Annotated[
     str | None,
     typer.Option(
@@ -65,6 +79,23 @@ def parse_device(text: str) -> str:
     if t in ("auto", "cpu", "cuda", "mps") or (t.startswith("cuda:") and t[5:].isdigit()):
         return t
     raise MsnUsageError("--device", f"{text!r} is not auto, cpu, cuda, cuda:N or mps")
+
+
+def parse_weights(text: str | None) -> str:
+    """Validate a --weights value: ``best`` (the default, None) or ``last``."""
+    t = "best" if text is None else text.strip().lower()
+    if t in ("best", "last"):
+        return t
+    raise MsnUsageError("--weights", f"{text!r} is not best or last")
+
+
+def checkpoint_files(checkpoints: str | os.PathLike[str]) -> list:
+    """A checkpoint directory, its model.json and every stage's weights files (never an
+    output)."""
+    from pathlib import Path
+
+    ck = Path(checkpoints)
+    return [ck, ck / "model.json", *(ck / s / f for s in STAGE_FOLDERS for f in WEIGHT_FILES)]
 
 
 def parse_classes(text: str) -> tuple[str, ...]:

@@ -36,6 +36,9 @@ def random_checkpoints(
         model.store_sigma(torch.randn(model.sigma_dim))
     for name in stages:
         st = ck.stage(name)
+        if name != "experts":  # as training writes it: best.pt (here the final weights) first
+            info = {"epoch": 1, "score": None, "select": [], "reason": "random weights"}
+            st.save_best(model.stage_part(name).state_dict(), info)
         st.save_weights(model.stage_part(name).state_dict())
         if histories and name in histories:
             st.write_history(histories[name])

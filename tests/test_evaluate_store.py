@@ -79,7 +79,8 @@ def copy_stages(src: str, dst: Path, stages) -> str:
 
 KEYS = {"kind", "method", "split", "n_patches", "classes", "params_m", "miou", "iou", "confusion"}
 KEYS |= {"pixels", "outputs", "stages", "backbone", "fusion_type", "input", "checkpoints", "store"}
-KEYS |= {"schema_version", "fusion_params_m", "branches"}
+KEYS |= {"schema_version", "fusion_params_m", "branches", "weights", "weight_files"}
+KEYS |= {"weight_epochs"}
 OUTS = {"x1", "x2", "x3", "fusion"}
 
 

@@ -54,7 +54,7 @@ def equal_states(a, b) -> bool:
 def test_fixed_awmf_keeps_the_experts_and_scores_every_output(experts, tmp_path):
     store, d, sources = experts
     ck = tmp_path / "awmf"
-    result = fusion(store, ck, sources, method="awmf", epochs=1, val_split="test")
+    result = fusion(store, ck, sources, method="awmf", epochs=1, val_split="train")
     assert result.epochs_run == 1 and "val_miou_fusion" in result.history[-1]
     card = CheckpointDir(ck).read_card()
     assert card.model["branches"] == "independent" and card.model["gap_layers"] == []
@@ -74,7 +74,7 @@ def test_fixed_awmf_keeps_the_experts_and_scores_every_output(experts, tmp_path)
     for x in ("x1", "x2", "x3"):  # each branch scores like its own baseline directory
         alone, _ = evaluate_store(store, str(d / x), device="cpu")
         assert res["miou"][x] == alone["miou"][x]
-    again = fusion(store, ck, sources, method="awmf", epochs=1, val_split="test")
+    again = fusion(store, ck, sources, method="awmf", epochs=1, val_split="train")
     assert again.note == "already finished"
 
 

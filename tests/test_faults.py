@@ -208,6 +208,8 @@ def test_training_sigkill_at_every_point_then_rerun(train_case, tmp_path, stage,
     run(*stage_args(stage, store, ck))
     ref = reference(stage)
     assert same_weights(stage_dir / "weights.pt", ref / stage / "weights.pt")
+    assert same_weights(stage_dir / "best.pt", ref / stage / "best.pt")
+    assert st.read_best() == CheckpointDir(ref).stage(stage).read_best()
 
 
 # -- predict ------------------------------------------------------------------------------------

@@ -44,7 +44,7 @@ def one_line(result, *words):
 
 def test_each_stage_records_the_weights_it_was_built_on(pipeline):
     ck = CheckpointDir(pipeline[1] / "ck")
-    meta, memrm = (weights_sha256(ck.stage(s).weights) for s in ("meta", "memrm"))
+    meta, memrm = (weights_sha256(ck.stage(s).best) for s in ("meta", "memrm"))  # selected
     assert ck.stage("meta").read_config()["base"] == {}
     assert ck.stage("memrm").read_config()["base"] == {"meta": meta}
     assert ck.stage("fusion").read_config()["base"] == {"meta": meta, "memrm": memrm}
@@ -61,6 +61,8 @@ def test_training_an_earlier_stage_further_makes_the_later_ones_stale(
     train = ["--store", store, "--checkpoints", ck, *FAST]
     result = msn_invoke("train-meta", *train, "--epochs", "2", "--width", "0.125")
     assert result.exit_code == 0, result.output  # meta trains further: its weights change
+    # ... and epoch 2 validates better, so meta's best.pt (what memrm was built on) changes
+    assert CheckpointDir(ck).stage("meta").read_best()["epoch"] == 2
     before = file_sums(ck)
 
     # Training the stale stage again with the same options: says so, names --restart.
@@ -85,4 +87,4 @@ def test_training_an_earlier_stage_further_makes_the_later_ones_stale(
     result = msn_invoke(*pred)
     assert result.exit_code == 0, result.output
     recorded = json.loads((ck / "fusion" / "config.json").read_text())["base"]
-    assert recorded["meta"] == weights_sha256(ck / "meta" / "weights.pt")
+    assert recorded["meta"] == weights_sha256(ck / "meta" / "best.pt")

@@ -17,8 +17,11 @@ from msn_cli.options import (
     CheckpointsOpt,
     DeviceOpt,
     StoreOpt,
+    WeightsOpt,
+    checkpoint_files,
     parse_classes,
     parse_device,
+    parse_weights,
 )
 
 _SLIDE = "Slide mode"
@@ -43,6 +46,7 @@ def evaluate(
     ] = None,
     store: StoreOpt = DEFAULT_STORE,
     checkpoints: CheckpointsOpt = DEFAULT_CHECKPOINTS,
+    weights: WeightsOpt = None,
     split: Annotated[str, typer.Option(help="Store split to score: train, sub-train, test.")] = (
         "test"
     ),
@@ -191,20 +195,22 @@ def evaluate(
     slide_mode = pred is not None or manifest is not None
     if compare:
         scoring = slide_mode or figures is not None or json_out is not None or outputs is not None
+        scoring = scoring or weights is not None
         _compare(runs, labels, columns, title, curve, plot, csv, markdown, scoring=scoring)
     elif labels is not None:
         raise MsnUsageError("--labels", "only with --compare (name this run with --method)")
     elif slide_mode:
-        if figures is not None or outputs is not None:
-            what = "--figures" if figures is not None else "--outputs"
-            raise MsnUsageError(what, "belongs to store mode (--store, --checkpoints)")
+        store_only = (("--figures", figures), ("--outputs", outputs), ("--weights", weights))
+        for what, value in store_only:
+            if value is not None:
+                raise MsnUsageError(what, "belongs to store mode (--store, --checkpoints)")
         _slides(pred, truth, slide, manifest, classes, unannotated, mask_values, method,
                 json_out, csv, markdown)  # fmt: skip
     elif truth is not None or slide is not None:
         raise MsnUsageError("--truth", "--truth and --slide belong with --pred")
     else:
         _store(store, checkpoints, split, batch_size, device, workers, method, outputs,
-               json_out, csv, markdown, figures, figure_patches)  # fmt: skip
+               json_out, csv, markdown, figures, figure_patches, weights)  # fmt: skip
 
 
 def _compare(runs, labels, columns, title, curve, plot, csv, markdown, scoring: bool) -> None:
@@ -270,9 +276,10 @@ def _slides(pred, truth, slide, manifest, classes, unannotated, mask_values, met
 
 
 def _store(store, checkpoints, split, batch_size, device, workers, method, outputs,
-           json_out, csv, markdown, figures, figure_patches) -> None:  # fmt: skip
+           json_out, csv, markdown, figures, figure_patches, weights=None) -> None:  # fmt: skip
     """Store mode: every output of the checkpoint on one split of the patch store (the
-    paper's tables), with per-class IoU, confusion matrices and optional figures."""
+    paper's tables), with per-class IoU, confusion matrices and optional figures;
+    ``weights``: ``--weights`` (best or last)."""
     from msn_cli.io.guard import refuse_overwrite
     from msn_cli.io.store import SPLITS
     from msn_cli.report import print_comparison, print_store_details
@@ -281,11 +288,10 @@ def _store(store, checkpoints, split, batch_size, device, workers, method, outpu
     if split not in SPLITS:
         raise MsnUsageError("--split", f"{split!r} is not one of {', '.join(SPLITS)}")
     parse_device(device)
-    ck = Path(checkpoints)
-    model = [ck, ck / "model.json", *(ck / s / "weights.pt" for s in ("meta", "memrm", "fusion"))]
+    weights = parse_weights(weights)
     refuse_overwrite(
         [("--json", json_out), ("--csv", csv), ("--markdown", markdown), ("--figures", figures)],
-        files=model,
+        files=checkpoint_files(checkpoints),
         folders=[store],
     )
     if workers is None:
@@ -293,7 +299,7 @@ def _store(store, checkpoints, split, batch_size, device, workers, method, outpu
     scored = [o.strip() for o in outputs.split(",") if o.strip()] if outputs is not None else None
     result, written = evaluate_store(
         store, checkpoints, split, batch_size, device, method,
-        json_out, figures, figure_patches, workers, scored,
+        json_out, figures, figure_patches, workers, scored, weights,
     )  # fmt: skip
     print_comparison(single_table(result, csv, markdown))
     print_store_details(result)

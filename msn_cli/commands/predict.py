@@ -14,9 +14,11 @@ from msn_cli.options import (
     CheckpointsOpt,
     DeviceOpt,
     ShardOpt,
+    WeightsOpt,
     WorkersOpt,
     parse_classes,
     parse_device,
+    parse_weights,
 )
 
 MASK_SUFFIXES = (".tif", ".tiff")
@@ -37,6 +39,7 @@ def predict(
         ),
     ] = None,
     checkpoints: CheckpointsOpt = DEFAULT_CHECKPOINTS,
+    weights: WeightsOpt = None,
     branch: Annotated[
         str | None,
         typer.Option(
@@ -117,6 +120,7 @@ def predict(
     from msn_cli.stages.predict import predict as run_predict
 
     parse_device(device)
+    weights = parse_weights(weights)
     mine = shard_slice(shard)
     if out is None:
         raise MsnUsageError("--out", "give the mask file (mask.tif) or an output folder")
@@ -129,6 +133,7 @@ def predict(
     _refuse_overwriting_inputs(jobs, Path(checkpoints), manifest)
     config = PredictConfig(
         checkpoints=Path(checkpoints),
+        weights=weights,
         branch=branch,
         batch_size=batch_size,
         device=device,
@@ -149,9 +154,9 @@ def _refuse_overwriting_inputs(jobs, checkpoints: Path, manifest: Path | None) -
     beside it, the manifest or the checkpoints (one line, before any work)."""
     from msn_cli.commands.batch import slide_inputs
     from msn_cli.io.guard import refuse_overwrite
+    from msn_cli.options import checkpoint_files
 
-    model = [checkpoints, checkpoints / "model.json"]
-    model += [checkpoints / s / "weights.pt" for s in ("meta", "memrm", "fusion", "experts")]
+    model = checkpoint_files(checkpoints)
     for job in jobs:
         outputs = [("--out", job.out), ("--probabilities", job.probabilities),
                    ("--geojson", job.geojson), ("--overlay", job.overlay)]  # fmt: skip

@@ -69,6 +69,18 @@ def trained_parameters(model, stages: tuple[str, ...]) -> int:
     return sum(p.numel() for p in unique.values())
 
 
+def loaded_epoch(ck: CheckpointDir, stage: str, path) -> int | None:
+    """The training epoch (1-based) of a stage's loaded weights file: ``best.json``'s for
+    ``best.pt``, the last recorded one for ``weights.pt``; None when unknown (``experts``)."""
+    st = ck.stage(stage)
+    if path == st.best:
+        info = st.read_best() or {}
+        epoch = info.get("epoch")
+        return epoch if isinstance(epoch, int) else None
+    history = st.read_history()
+    return int(history[-1]["epoch"]) if history else None
+
+
 def evaluate_store(
     store: str,
     checkpoints: str,
@@ -79,8 +91,13 @@ def evaluate_store(
     show: int = 0,
     workers: int = 0,
     outputs: Sequence[str] | None = None,
+    weights: str = "best",
 ) -> tuple[dict[str, Any], Shown]:
     """Score every output the checkpoint can produce on ``split``; see the package docstring.
+
+    ``weights`` (``best`` or ``last``) picks the top stage's best.pt or weights.pt (the
+    stages under it: the weights it was trained on); the result records it (``weights``) and
+    the file of each stage (``weight_files``, relative to the checkpoint directory).
 
     ``show`` > 0 keeps that many evenly spaced patches (with predictions) for the Fig. 4 grid.
     ``workers`` DataLoader processes read the store (0: in this process); order is fixed.
@@ -99,7 +116,9 @@ def evaluate_store(
     dev = resolve_device(device)
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True
-    model, stages = ck.load_model(dev)
+    model, stages = ck.load_model(dev, weights=weights)
+    files = {s: p.relative_to(ck.path).as_posix() for s, p in ck.loaded.items()}
+    epochs = {s: loaded_epoch(ck, s, p) for s, p in ck.loaded.items()}
     have = available_outputs(stages, card.input)
     if not have:
         raise MsnError(ck.path, "no finished stage to evaluate; run `msn train-meta` first")
@@ -180,6 +199,9 @@ def evaluate_store(
         "pixels": pick("pixels"),
         "outputs": list(outputs),
         "stages": list(stages),
+        "weights": weights,
+        "weight_files": files,
+        "weight_epochs": epochs,
         "backbone": cfg.get("backbone"),
         "fusion_type": cfg.get("fusion"),
         "branches": cfg.get("branches", "shared"),

@@ -21,6 +21,9 @@ class PredictConfig:
 
     checkpoints: Path
     branch: str | None = None  # None: fusion when trained, else x1 (or the baseline's input)
+    #: ``best``: the top stage's best.pt (weights.pt if it has none); ``last``: its weights.pt;
+    #: the stages under it always get the weights it was trained on (io/checkpoints.py)
+    weights: str = "best"
     batch_size: int = 32
     device: str = "auto"
     min_tissue: float = 0.01  # 0: predict every patch

@@ -39,11 +39,13 @@ class Predictor:
         configure_threads(self.device)
         torch.backends.cudnn.benchmark = self.device.type == "cuda"
         try:
-            self.model, self.stages = ck.load_model(self.device)
+            self.model, self.stages = ck.load_model(self.device, weights=config.weights)
         except MsnError as exc:  # torch's load_state_dict message spans many lines
             text = " ".join(exc.message.split())
             raise MsnError(None, text if len(text) < 400 else text[:397] + "...") from exc
         outputs = available_outputs(self.stages, card.input)
+        if not outputs:  # later stages without the meta-branch they were built on
+            ck.require("meta")
         branch = config.branch or ("fusion" if "fusion" in outputs else outputs[0])
         if branch not in outputs:
             raise MsnError(
@@ -54,9 +56,11 @@ class Predictor:
         self.card, self.branch, self.amp = card, branch, config.amp
         self.classes = list(card.classes)
         self.patch_size = card.patch_size
+        #: The file each stage's weights came from (``--weights``).
+        self.files = dict(ck.loaded)
         h = hashlib.sha256(ck.model_json.read_bytes())
-        for name in self.stages:
-            h.update(f"{name}:{fingerprint(ck.stage(name).weights)};".encode())
+        for name, path in self.files.items():
+            h.update(f"{name}:{fingerprint(path)};".encode())
         self.key = h.hexdigest()[:32]
 
     def __call__(self, xs: Sequence[np.ndarray], probabilities: bool):

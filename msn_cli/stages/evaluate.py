@@ -43,10 +43,13 @@ def evaluate_store(
     figure_patches: int = 6,
     workers: int = 0,
     outputs: Sequence[str] | None = None,
+    weights: str = "best",
 ) -> tuple[dict[str, Any], list[Path]]:
     """Score the checkpoint's outputs on ``split``; optionally write the JSON and figures.
 
     ``workers``: DataLoader processes reading the store (0 reads in this process).
+    ``weights``: ``best`` or ``last`` (the top stage's best.pt or weights.pt; see
+    :mod:`msn_cli.io.checkpoints`); the result records it and each stage's file.
     """
     from msn_cli.evaluation.store import evaluate_store as run
 
@@ -60,6 +63,7 @@ def evaluate_store(
         show=figure_patches if figures is not None else 0,
         workers=workers,
         outputs=outputs,
+        weights=weights,
     )
     if json_path is not None:
         write_json(json_path, result)

@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from msn_cli.errors import MsnError, MsnUsageError
+from msn_cli.io.checkpoints import WEIGHT_CHOICES
 from msn_cli.io.lock import Busy, exclusive
 from msn_cli.io.maskreader import read_description
 from msn_cli.io.patches import Levels, PatchGeometry, base_downsample, check_walk_options
@@ -105,6 +106,8 @@ def validate(config: PredictConfig, jobs: Sequence[PredictJob]) -> None:
     if config.batch_size < 1:
         raise MsnUsageError("--batch-size", f"{config.batch_size} is not a positive number")
     check_walk_options(config.min_tissue, config.mpp)
+    if config.weights not in WEIGHT_CHOICES:
+        raise MsnUsageError("--weights", f"{config.weights!r} is not one of best, last")
     if config.branch is not None and config.branch not in BRANCH_CHOICES:
         raise MsnUsageError("--branch", f"{config.branch!r} is not one of fusion, x1, x2, x3")
     if config.geojson_frame not in ("qupath", "level0"):

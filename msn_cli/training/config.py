@@ -15,6 +15,10 @@ from msn_cli.io.store import SPLITS
 from msn_cli.vocab import BRANCHES
 
 METHODS = ("meta", "conv", "awmf")
+#: Mem-RM crop geometries (models/msn.py ``CROPS``) and fusion starts (models/fusion.py
+#: ``FUSION_INITS``), the default first; repeated here so that ``--help`` imports no torch.
+CROPS = ("receptive-field", "centre")
+FUSION_INITS = ("average", "he")
 
 
 @dataclass
@@ -49,6 +53,12 @@ class TrainConfig:
         if self.val_split is not None and self.val_split not in SPLITS:
             raise MsnUsageError(
                 "--val-split", f"{self.val_split!r} is not none or one of {', '.join(SPLITS)}"
+            )
+        if self.val_split == "test":
+            raise MsnUsageError(
+                "--val-split",
+                "test: validation picks best.pt, so it never sees the test split; "
+                "use sub-train, train or none",
             )
         if not 0 <= self.color_jitter < 1:
             raise MsnUsageError("--color-jitter", f"{self.color_jitter}: need 0 <= j < 1")
@@ -89,9 +99,14 @@ class MemRMConfig(TrainConfig):
     holdout: float = 0.5
     analysis_patches: int = 64
     cache_gb: float = 8.0
+    #: where the crop samples X3's meta-features: each gap-layer pixel's receptive-field
+    #: centre, or ``centre`` (msn 0.1.0: every pixel at its block's middle); into model.json
+    crop: str = "receptive-field"
 
     def validate(self) -> None:
         super().validate()
+        if self.crop not in CROPS:
+            raise MsnUsageError("--crop", f"{self.crop!r} is not one of {', '.join(CROPS)}")
         if self.top_k < 1:
             raise MsnUsageError("--top-k", f"{self.top_k}: need at least 1")
         if not 0 <= self.holdout < 1:
@@ -113,20 +128,39 @@ class FusionConfig(TrainConfig):
     experts: str | None = None
     #: AWMF-CNN's end-to-end training: even epochs the fusion, odd epochs the experts
     alternate: bool = False
+    #: how the fusion starts, the same for every method (models/fusion.py)
+    fusion_init: str = "average"
+    #: with ``experts``: fit on the patches this MSN directory's train-memrm held out, the
+    #: fit set of that MSN's own fusion (Table 3 compares fusions fitted on the same patches)
+    holdout_from: str | None = None
 
     def validate(self) -> None:
         super().validate()
         if self.method not in METHODS:
             raise MsnUsageError("--method", f"{self.method!r} is not one of meta, conv, awmf")
+        if self.fusion_init not in FUSION_INITS:
+            raise MsnUsageError(
+                "--fusion-init", f"{self.fusion_init!r} is not one of {', '.join(FUSION_INITS)}"
+            )
+        if self.holdout_from is not None:
+            if self.experts is None:
+                raise MsnUsageError(
+                    "--holdout-from", "is for --experts; an MSN fits on its own held-out patches"
+                )
+            if self.alternate:
+                raise MsnUsageError("--holdout-from", "--alternate trains on the whole split")
+            if self.holdout is False:
+                raise MsnUsageError("--holdout-from", "fits on held-out patches: drop --no-holdout")
         if self.cache_gb < 0:
             raise MsnUsageError("--cache-gb", "must be >= 0")
         if self.experts is not None and len(self.expert_dirs) != 3:
             raise MsnUsageError(
                 "--experts", f"{self.experts!r}: give three directories, X1DIR,X2DIR,X3DIR"
             )
-        if self.experts is not None and self.holdout:
+        if self.experts is not None and self.holdout and self.holdout_from is None:
             raise MsnUsageError(
-                "--holdout", "held-out patches come from train-memrm, not --experts"
+                "--holdout",
+                "held-out patches come from train-memrm, not --experts (see --holdout-from)",
             )
         if self.alternate and self.experts is None:
             raise MsnUsageError("--alternate", "trains independent experts: add --experts")

@@ -3,6 +3,7 @@ Trainer` runs each epoch (the resumable loop around them lives there)."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -52,6 +53,41 @@ def validate(
             cms[o].update(out[o], to_target(batch[TARGETS[o]], ctx.device))
     model.train(was_training)
     return {o: cms[o].result(ctx).miou() for o in outputs}
+
+
+def val_score(record: dict, select: Sequence[str]) -> float | None:
+    """The score that picks ``best.pt``: the mean validation mIoU (``val_miou_<output>``) of
+    the outputs ``select`` in one history record; None when one is missing or NaN.
+
+    Example:
+        >>> val_score({"val_miou_x1": 0.5, "val_miou_x2": 0.25}, ("x1", "x2"))
+        0.375
+        >>> val_score({"loss": 1.0}, ("x3",)) is None
+        True
+    """
+    values = [record.get(f"val_miou_{o}") for o in select]
+    ok = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+    if not select or len(ok) != len(values) or any(math.isnan(v) for v in ok):
+        return None
+    return float(sum(ok) / len(ok))
+
+
+def best_epoch(history: Sequence[dict], select: Sequence[str]) -> tuple[int, float] | None:
+    """``(epoch, score)`` of the history record with the highest :func:`val_score` (ties: the
+    earlier epoch); None when no record has a score (no validation).
+
+    Example:
+        >>> h = [{"epoch": 1, "val_miou_x2": 0.4}, {"epoch": 2, "val_miou_x2": 0.6},
+        ...      {"epoch": 3, "val_miou_x2": 0.6}, {"epoch": 4, "val_miou_x2": 0.5}]
+        >>> best_epoch(h, ("x2",))
+        (2, 0.6)
+    """
+    best: tuple[int, float] | None = None
+    for record in history:
+        score = val_score(record, select)
+        if score is not None and (best is None or score > best[1]):
+            best = (int(record["epoch"]), score)
+    return best
 
 
 def val_fields(outputs: Sequence[str]) -> tuple[str, ...]:

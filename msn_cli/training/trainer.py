@@ -15,6 +15,16 @@ same command loads it and continues with the next epoch; since data order and au
 derive from (seed, epoch) and every RNG is restored, the result equals an uninterrupted run
 (on CPU, same threads). A ``last.pt`` made with other options is refused (``--restart``
 starts over); ``--epochs`` may grow to train a finished stage further.
+
+Model selection: each epoch's validation (``--val-split``, never ``test``) scores the
+outputs :attr:`Validation.select` names (their mean mIoU: ``xK`` for ``train-meta``, the
+mean of ``x1`` and ``x2`` for ``train-memrm``, ``fusion`` for ``train-fusion``, alternating
+included). The epoch scoring highest (ties: the earlier) is the stage's best; its weights are
+kept in ``last.pt`` (``best``), so a killed and rerun stage chooses exactly as an uninterrupted
+one. At the end ``best.pt`` (its weights, like ``weights.pt``) and ``best.json`` (epoch,
+score, outputs, split, reason) are written just before ``weights.pt``. Without validation
+(``--val-split none``, or no epoch with a score) the best is the final epoch. Later stages
+train on ``best.pt`` (:mod:`msn_cli.io.checkpoints`, "Which weights").
 """
 
 from __future__ import annotations
@@ -37,7 +47,7 @@ from msn_cli.training.common import StageResult, dataset
 from msn_cli.training.config import TrainConfig
 from msn_cli.training.context import Context
 from msn_cli.training.data import FitView, default_workers, ordered_loader, train_loader
-from msn_cli.training.loop import Step, fit_epoch, val_fields, validate
+from msn_cli.training.loop import Step, fit_epoch, val_fields, val_score, validate
 from msn_cli.training.rng import capture_rng, restore_rng
 
 log = logging.getLogger("msn")
@@ -76,12 +86,28 @@ class Epochs:
 @dataclass
 class Validation:
     """``--val-split``: mIoU of ``outputs`` of ``model`` run with ``stages``; ``fields``: the
-    store fields read (default: what the outputs need)."""
+    store fields read (default: what the outputs need); ``select``: the outputs whose mean
+    validation mIoU picks ``best.pt`` (default :meth:`selected`)."""
 
     model: nn.Module
     stages: tuple[str, ...]
     outputs: tuple[str, ...]
     fields: tuple[str, ...] | None = None
+    select: tuple[str, ...] | None = None
+
+    def selected(self) -> tuple[str, ...]:
+        """``select``, else ``fusion`` when it is validated, else every output (``xK`` of
+        train-meta, the mean of ``x1`` and ``x2`` of train-memrm).
+
+        Example:
+            >>> Validation(None, (), ("x1", "x2")).selected()
+            ('x1', 'x2')
+            >>> Validation(None, (), ("x1", "fusion")).selected()
+            ('fusion',)
+        """
+        if self.select is not None:
+            return tuple(self.select)
+        return ("fusion",) if "fusion" in self.outputs else tuple(self.outputs)
 
 
 @dataclass
@@ -115,6 +141,9 @@ class Trainer:
         self.workers = default_workers(ctx.world) if cfg.workers is None else cfg.workers
         self.history: list[dict[str, Any]] = []
         self.state: dict[str, Any] | None = None
+        #: The best epoch so far (rank 0): ``epoch``, ``score`` and the trained part's
+        #: ``weights`` (on the CPU); saved in ``last.pt`` and restored on resume.
+        self.best: dict[str, Any] | None = None
 
     def start(self) -> dict[str, Any] | None:
         """Start over if ``--restart``, refuse a ``last.pt`` made with other options, seed
@@ -130,12 +159,13 @@ class Trainer:
         cfg, ctx = self.cfg, self.ctx
         scaler = ctx.grad_scaler()
         parts = {"model": plan.trained, **plan.optimizers, "scaler": scaler}
-        start = self.resume(parts, self.state)
+        val, validation = None, plan.validation
+        select = validation.selected()
+        start = self.resume(parts, self.state, select)
         if start >= cfg.epochs and self.stage.complete:
             return self._result(0, "already finished")
         self.write_config(**plan.config)
         epochs = plan.epochs()
-        val, validation = None, plan.validation
         if cfg.val_split:
             fields = validation.fields or val_fields(validation.outputs)
             vds = dataset(cfg.store, cfg.val_split, fields, "--val-split")
@@ -156,8 +186,8 @@ class Trainer:
                 model, stages, outputs = validation.model, validation.stages, validation.outputs
                 miou = validate(model, stages, plan.card, val, outputs, ctx)
                 record.update({f"val_miou_{k}": v for k, v in miou.items()})
-            self.end_epoch(epoch, record, parts)
-        self.finish(plan.trained.state_dict())
+            self.end_epoch(epoch, record, parts, select)
+        self.finish(plan.trained.state_dict(), select)
         return self._result(cfg.epochs - start)
 
     def _result(self, epochs_run: int, note: str = "") -> StageResult:
@@ -198,8 +228,11 @@ class Trainer:
             )
         return state
 
-    def resume(self, parts: dict[str, Any], state: dict[str, Any] | None) -> int:
-        """Load ``state`` (from :meth:`check_resumable`) into ``parts``; the next epoch."""
+    def resume(
+        self, parts: dict[str, Any], state: dict[str, Any] | None, select: tuple[str, ...] = ()
+    ) -> int:
+        """Load ``state`` (from :meth:`check_resumable`) into ``parts``, and the best epoch
+        so far (scored on ``select``); the next epoch."""
         if state is None:
             return 0
         for key, obj in parts.items():
@@ -209,6 +242,15 @@ class Trainer:
         self.history = list(state.get("history", []))
         done = int(state["epoch"])
         if self.ctx.is_main:
+            self.best = state.get("best")
+            score = val_score(self.history[-1], select) if self.history else None
+            if "best" not in state and score is not None:
+                # A last.pt of an older msn keeps no best epoch: the earlier epochs' weights
+                # are gone, so the choice starts from the epoch it holds.
+                log.info(
+                    "%s: no best epoch recorded; choosing from epoch %d on", self.stage.dir, done
+                )
+                self.best = {"epoch": done, "score": score, "weights": _cpu_copy(parts["model"])}
             log.info("%s: resuming after epoch %d", self.stage.dir, done)
             if self.stage.weights.exists() and done < int(self.config["epochs"]):
                 self.stage.weights.unlink()  # training further: not finished any more
@@ -221,11 +263,28 @@ class Trainer:
             self.stage.write_config({**self.config, **extra})
 
     # -- per epoch ------------------------------------------------------------------------
-    def end_epoch(self, epoch: int, record: dict[str, Any], parts: dict[str, Any]) -> None:
-        """Record epoch ``epoch`` (0-based) and write ``last.pt`` (rank 0), atomically."""
+    def end_epoch(
+        self,
+        epoch: int,
+        record: dict[str, Any],
+        parts: dict[str, Any],
+        select: tuple[str, ...] = (),
+    ) -> None:
+        """Record epoch ``epoch`` (0-based), keep its weights if it is the best so far (its
+        :func:`val_score` on ``select`` beats the best's: ties keep the earlier), and write
+        ``last.pt`` (rank 0), atomically."""
         self.history.append({"epoch": epoch + 1, **record})
         if self.ctx.is_main:
+            score = val_score(record, select)
+            if score is not None and (self.best is None or score > self.best["score"]):
+                self.best = {
+                    "epoch": epoch + 1,
+                    "score": score,
+                    "weights": _cpu_copy(parts["model"]),
+                }
             state = {k: v.state_dict() for k, v in parts.items() if v is not None}
+            if self.best is not None:
+                state["best"] = self.best
             state.update(
                 epoch=epoch + 1,
                 config=self.config,
@@ -239,12 +298,46 @@ class Trainer:
             log.info("%s epoch %d/%d: %s", self.name, epoch + 1, self.config["epochs"], line)
         self.ctx.barrier()
 
-    def finish(self, weights: dict[str, Any]) -> None:
-        """``curves.png`` and the final weights (rank 0)."""
+    def finish(self, weights: dict[str, Any], select: tuple[str, ...] = ()) -> None:
+        """``curves.png``, ``best.pt`` and ``best.json``, then the final weights (rank 0)."""
         if self.ctx.is_main:
             training_curves(f"train-{self.name}", self.history, self.stage.curves)
+            info, best = self.best_record(select)
+            if best is None:
+                best = weights
+            if self.stage.save_best(best, info):
+                score = "" if info["score"] is None else f", score {info['score']:.4g}"
+                log.info("%s: best.pt is epoch %d%s", self.name, info["epoch"], score)
             self.stage.save_weights(weights)
         self.ctx.barrier()
+
+    def best_record(self, select: tuple[str, ...]) -> tuple[dict[str, Any], Any]:
+        """What ``best.json`` records, and the best weights (None: the final weights)."""
+        final = int(self.history[-1]["epoch"]) if self.history else int(self.config["epochs"])
+        split = self.cfg.val_split
+        metric = " and ".join(f"val_miou_{o}" for o in select)
+        info: dict[str, Any] = {
+            "epoch": final,
+            "score": None,
+            "metric": f"mean of {metric}" if len(select) > 1 else metric,
+            "select": list(select),
+            "split": split,
+            "epochs": final,
+        }
+        if self.best is not None:
+            info.update(epoch=int(self.best["epoch"]), score=float(self.best["score"]))
+            info["reason"] = f"the highest validation mIoU on {split} (ties: the earlier epoch)"
+            return info, self.best["weights"]
+        if split is None:
+            info["reason"] = "no validation split (--val-split none): the final epoch"
+        else:
+            info["reason"] = f"no epoch has a validation score on {split}: the final epoch"
+        return info, None
+
+
+def _cpu_copy(module: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of ``module``'s state dict on the CPU (kept while training goes on)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
 
 
 def _fmt(v: Any) -> str:
