@@ -10,16 +10,19 @@ import pytest
 import torch
 from test_train_support import FAST, cli, kill_in_second_epoch, make_store, same_weights
 
+from msn_cli.errors import MsnError, MsnUsageError
 from msn_cli.io.checkpoints import CheckpointDir
 from msn_cli.io.dataset import PatchDataset
 from msn_cli.models.base import OutputGradient
 from msn_cli.models.fusion import sigma_from_gradients
-from msn_cli.models.layers import upsample
+from msn_cli.models.layers import Grid, upsample
+from msn_cli.models.memory import crop_center
 from msn_cli.runtime import to_input
 from msn_cli.stages.train_fusion import train_fusion
-from msn_cli.stages.train_memrm import train_memrm
+from msn_cli.stages.train_memrm import Oriented, mirrored_axes, train_memrm
 from msn_cli.stages.train_meta import train_meta
 from msn_cli.training.config import FusionConfig, MemRMConfig, MetaConfig
+from msn_cli.training.data import Augment
 
 TINY = {"batch_size": 4, "workers": 0, "threads": 1}
 
@@ -49,7 +52,7 @@ def stage_args(cmd, store, ck, *extra):
 def test_memrm_gap_analysis_cache_and_holdout(trained, tmp_path, msn_invoke):
     store, ck = trained[0], copy(trained, "meta", tmp_path)
     extra = ("--epochs", "1", "--gap-layers", "auto", "--top-k", "2", "--holdout", "0.5")
-    extra += ("--val-split", "test")
+    extra += ("--val-split", "train")
     res = msn_invoke(*stage_args("train-memrm", store, ck, *extra))
     assert res.exit_code == 0, res.output
     gaps = json.loads((ck / "memrm" / "gap_layers.json").read_text())
@@ -83,10 +86,55 @@ def test_memrm_nongap_takes_the_lowest_scoring_layers(trained, tmp_path, msn_inv
 def test_memrm_named_layers_without_cache(trained, tmp_path, msn_invoke):
     store, ck = trained[0], copy(trained, "meta", tmp_path)
     extra = ("--epochs", "1", "--gap-layers", "layer3,layer4", "--cache-gb", "0")
+    extra += ("--crop", "centre")
     assert msn_invoke(*stage_args("train-memrm", store, ck, *extra)).exit_code == 0
-    assert CheckpointDir(ck).read_card().model["gap_layers"] == ["layer3", "layer4"]
+    card = CheckpointDir(ck).read_card()
+    assert card.model["gap_layers"] == ["layer3", "layer4"] and card.model["crop"] == "centre"
     assert not (ck / "memrm" / "cache" / "manifest.json").exists()
-    CheckpointDir(ck).load_model()
+    model, _ = CheckpointDir(ck).load_model()
+    assert {rm.phase for rm in model.memory_recall["x1"].values()} == {0.5}
+    res = msn_invoke(*stage_args("train-memrm", store, ck, "--crop", "middle"))
+    assert res.exit_code == 2 and "--crop" in res.stderr
+
+
+def test_memrm_crops_on_the_receptive_field_grid_by_default(trained):
+    """The fixture's train-memrm (cached, augmented) records its crop; the model uses it."""
+    ck = CheckpointDir(trained[1] / "memrm")
+    assert ck.read_card().model["crop"] == "receptive-field"
+    assert json.loads(ck.stage("memrm").config.read_text())["crop"] == "receptive-field"
+    model, _ = ck.load_model()
+    assert model.memory_recall["x1"]["layer3"].phase == 1 / 32  # BiSeNet layer3: Grid(0, 16)
+
+
+def test_turned_cached_memory_is_cropped_where_it_sits():
+    """train-memrm turns cached X3 meta-features with the images; for each of the eight
+    turns, the crop (told where the maps were mirrored) samples A at the level-0 point each
+    pixel of the live B (computed from the turned X1 on its own grid) sits on."""
+    grid, p, n = Grid(0.0, 16.0), 256, 16  # BiSeNet layer3 on patch 256
+    r = torch.arange(p, dtype=torch.float64) + 0.5 - p / 2  # continuous, from the centre
+
+    def dense(downsample):  # (2, P, P): level-0 x, y of every pixel of a branch image
+        return torch.stack(torch.meshgrid(1000 + r * downsample, 3000 + r * downsample,
+                                          indexing="xy"))  # fmt: skip
+
+    pick = slice(int(grid.offset), None, int(grid.stride))  # the feature grid's pixels
+    aug = Oriented(Augment(seed=0))
+    turns = {}
+    for index in range(64):
+        turns.setdefault(aug.augment.params(index)[:2], index)
+    assert len(turns) == 8
+    for (k, flip), index in sorted(turns.items()):
+        for ratio, downsample in ((16, 1.0), (4, 4.0)):
+            sample = {"index": torch.tensor(index), "x": dense(downsample)}
+            sample["mem"] = dense(16.0)[:, pick, pick]  # A, cached from the unturned X3
+            out = aug(sample, 0)
+            truth = out["x"][:, pick, pick]  # B's pixels of the turned image, level 0
+            mirrored = mirrored_axes(out["orient"][None])
+            got = crop_center(out["mem"][None], ratio, (n, n), grid.phase, mirrored)[0]
+            torch.testing.assert_close(got, truth, rtol=0, atol=1e-9, msg=f"k={k} flip={flip}")
+            if bool(mirrored.any()):  # not told: off by whole pixels
+                naive = crop_center(out["mem"][None], ratio, (n, n), grid.phase)[0]
+                assert (naive - truth).abs().max() > 10
 
 
 def test_memrm_sigkill_then_rerun_equals_uninterrupted(trained, tmp_path):
@@ -103,10 +151,11 @@ def test_memrm_sigkill_then_rerun_equals_uninterrupted(trained, tmp_path):
 def test_fusion_cache_is_the_model_and_sigma_is_stored(trained, tmp_path):
     store, ck = trained[0], copy(trained, "memrm", tmp_path)
     n = torch.get_num_threads()
-    train_fusion(FusionConfig(store, str(ck), epochs=1, val_split="test", **TINY))
+    train_fusion(FusionConfig(store, str(ck), epochs=1, val_split="train", **TINY))
     torch.set_num_threads(n)
     config = json.loads((ck / "fusion" / "config.json").read_text())
     assert config["holdout"] is True and config["fit_patches"] == 8  # memrm's held-out patches
+    assert config["fusion_init"] == "average"
     model, stages = CheckpointDir(ck).load_model()
     assert stages == ("meta", "memrm", "fusion") and bool(model.fusion.has_stored)
     held = json.loads((ck / "memrm" / "config.json").read_text())["held_out"]
@@ -133,15 +182,40 @@ def test_fusion_cache_is_the_model_and_sigma_is_stored(trained, tmp_path):
     assert fused.shape == (2, 4, 64, 64) and torch.isfinite(fused).all()
 
 
-@pytest.mark.parametrize("method", ["conv", "awmf"])
-def test_comparison_fusions(trained, tmp_path, msn_invoke, method):
+@pytest.mark.parametrize(("method", "init"), [("conv", "he"), ("awmf", "average")])
+def test_comparison_fusions(trained, tmp_path, msn_invoke, method, init):
     store, ck = trained[0], copy(trained, "memrm", tmp_path)
     extra = ("--epochs", "1", "--method", method, "--no-holdout", "--no-augment")
-    res = msn_invoke(*stage_args("train-fusion", store, ck, *extra))
+    res = msn_invoke(*stage_args("train-fusion", store, ck, *extra, "--fusion-init", init))
     assert res.exit_code == 0, res.output
-    assert json.loads((ck / "fusion" / "config.json").read_text())["fit_patches"] == 16
+    config = json.loads((ck / "fusion" / "config.json").read_text())
+    assert config["fit_patches"] == 16 and config["fusion_init"] == init
     model, _ = CheckpointDir(ck).load_model()
     assert model.config.fusion == method
+
+
+def test_experts_fit_on_the_patches_an_msn_held_out(trained, tmp_path):
+    """Table 3's expert rows fit their fusion on MSN's fusion patches (--holdout-from)."""
+    store, d = trained
+    meta = str(d / "meta")
+    held = json.loads((d / "memrm" / "memrm" / "config.json").read_text())["held_out"]
+    n = torch.get_num_threads()
+    cfg = FusionConfig(
+        store, str(tmp_path / "mb"), epochs=1, experts=f"{meta},{meta},{meta}",
+        holdout_from=str(d / "memrm"), **TINY,
+    )  # fmt: skip
+    train_fusion(cfg)
+    torch.set_num_threads(n)
+    config = json.loads((tmp_path / "mb" / "fusion" / "config.json").read_text())
+    assert config["holdout"] is True and config["holdout_from"] == str(d / "memrm")
+    assert config["fit_patches"] == sum(map(len, held.values())) == 8
+    with pytest.raises(MsnError, match="has not finished"):
+        train_fusion(FusionConfig(store, str(tmp_path / "x"), experts=cfg.experts,
+                                  holdout_from=meta, **TINY))  # fmt: skip
+    with pytest.raises(MsnUsageError, match="is for --experts"):
+        FusionConfig(store, "ck", holdout_from=meta).validate()
+    with pytest.raises(MsnUsageError, match="--fusion-init"):
+        FusionConfig(store, "ck", fusion_init="zero").validate()
 
 
 def test_fusion_holdout_refused_without_memrm_holdout(trained, tmp_path, msn_invoke):

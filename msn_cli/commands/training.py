@@ -71,7 +71,8 @@ def _config(cls, values: dict):
     values = dict(values)
     experts = [e.strip() for e in str(values.get("experts") or "").split(",") if e.strip()]
     refuse_overwrite(
-        [("--checkpoints", values["checkpoints"])], folders=[values["store"], *experts]
+        [("--checkpoints", values["checkpoints"])],
+        folders=[values["store"], *experts, values.get("holdout_from")],
     )
     val = values.get("val_split")
     values["val_split"] = None if val is None or val.strip().lower() in ("none", "") else val
@@ -151,6 +152,15 @@ def train_memrm(
     analysis_patches: Annotated[
         int, typer.Option(min=1, help="Patches of the gap-layer analysis.")
     ] = 64,
+    crop: Annotated[
+        str,
+        typer.Option(
+            "--crop",
+            metavar="receptive-field|centre",
+            help="Where Mem-RM samples X3's meta-features: at each gap-layer pixel's "
+            "receptive-field centre, or 'centre' (msn 0.1.0: every pixel at its block's middle).",
+        ),
+    ] = "receptive-field",
     cache_gb: CacheOpt = 8.0,
     epochs: EpochsOpt = 10,
     batch_size: BatchOpt = 32,
@@ -208,6 +218,25 @@ def train_fusion(
             "(AWMF-CNN end to end).",
         ),
     ] = False,
+    fusion_init: Annotated[
+        str,
+        typer.Option(
+            "--fusion-init",
+            metavar="average|he",
+            help="How every fusion method starts: as the mean of its branches' probabilities, "
+            "or He-initialised (from scratch).",
+        ),
+    ] = "average",
+    holdout_from: Annotated[
+        str | None,
+        typer.Option(
+            "--holdout-from",
+            metavar="MSNDIR",
+            help="With --experts: fit on the patches MSNDIR's train-memrm held out, the fit "
+            "set of MSNDIR's own fusion.",
+            show_default=False,
+        ),
+    ] = None,
     cache_gb: CacheOpt = 8.0,
     epochs: EpochsOpt = 10,
     batch_size: BatchOpt = 32,

@@ -7,7 +7,9 @@ allocation (``"patch_size": 1e9``) or one-letter classes (``"classes": "nbsi"``)
 ``normalize`` (``{"mean": [r, g, b], "std": [r, g, b]}``) is how every stage and ``predict``
 normalise the images; a card without it (msn before pretrained encoders) means
 :data:`DEFAULT_NORMALIZE`. ``pretrained`` records the encoder weights ``train-meta
---pretrained`` started from (``{"source", "file", "sha256"}``) or is null.
+--pretrained`` started from (``{"source", "file", "sha256"}``) or is null. ``model.crop``
+is the crop geometry the Mem-RMs were trained with (``receptive-field``, or ``centre``: msn
+0.1.0, and every card without the key), so a Mem-RM is never run with another.
 
 Example:
     >>> parse_card({"schema_version": 1, "classes": "nbsi",
@@ -149,6 +151,15 @@ def _magnifications(v: Any) -> str | None:
     return None
 
 
+def _choice(*options: str):
+    def check(v: Any) -> str | None:
+        if v in options:
+            return None
+        return f"expected one of {list(options)}, got {repr(v) if isinstance(v, str) else _show(v)}"
+
+    return check
+
+
 def _gap_layers(v: Any) -> str | None:
     if v is None or (isinstance(v, list) and all(isinstance(g, str) and g for g in v)):
         return None
@@ -168,6 +179,8 @@ MODEL_SCHEMA = {
     "in_channels": (_int(1, 64), False),
     "branches": (_text, False),
     "tune_experts": (_flag, False),
+    # Mem-RM's crop geometry (models/msn.py CROPS); absent: msn 0.1.0's "centre"
+    "crop": (_choice("receptive-field", "centre"), False),
 }
 
 

@@ -20,7 +20,16 @@ import torch
 from torch import Tensor, nn
 
 from msn_cli.models.base import SegmentationBackbone
-from msn_cli.models.layers import ConvBNReLU, FeatureTaps, init_weights, scaled, upsample
+from msn_cli.models.layers import (
+    ConvBNReLU,
+    FeatureTaps,
+    Grid,
+    init_weights,
+    scaled,
+    stage_grids,
+    trace,
+    upsample,
+)
 from msn_cli.models.resnet import ResNet
 
 __all__ = [
@@ -156,6 +165,20 @@ class BiSeNet(SegmentationBackbone):
             "ffm": self.penultimate_channels,
         }
         init_weights(self)
+
+    def feature_grids(self) -> dict[str, Grid]:
+        """Where each candidate layer's pixels sit on the input (:class:`Grid`).
+
+        ResNet-18 and the spatial path centre pixel ``i`` on input pixel ``stride * i``; the
+        ARMs re-weight channels (their layer's grid); the FFM keeps the spatial path's grid,
+        onto which the context features are resized.
+        """
+        resnet = self.context_path.resnet
+        grids = stage_grids(resnet, ("stem", "layer1", "layer2", "layer3", "layer4"))
+        grids["arm16"], grids["arm32"] = grids["layer3"], grids["layer4"]
+        grids["spatial"] = trace(self.spatial_path)
+        grids["ffm"] = trace(self.ffm.conv, grids["spatial"])
+        return grids
 
     def forward_features(self, x: Tensor, taps: FeatureTaps) -> tuple[Tensor, tuple[Tensor, ...]]:
         sp = taps("spatial", self.spatial_path(x))

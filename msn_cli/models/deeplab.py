@@ -16,7 +16,17 @@ import torch
 from torch import Tensor, nn
 
 from msn_cli.models.base import SegmentationBackbone
-from msn_cli.models.layers import ConvBNReLU, ConvReLU, FeatureTaps, init_weights, scaled, upsample
+from msn_cli.models.layers import (
+    ConvBNReLU,
+    ConvReLU,
+    FeatureTaps,
+    Grid,
+    init_weights,
+    scaled,
+    stage_grids,
+    trace,
+    upsample,
+)
 from msn_cli.models.resnet import resnet
 
 __all__ = ["ASPP", "DeepLabV3Plus"]
@@ -81,6 +91,15 @@ class DeepLabV3Plus(SegmentationBackbone):
             "decoder": c,
         }
         init_weights(self)
+
+    def feature_grids(self) -> dict[str, Grid]:
+        """Where each candidate layer's pixels sit on the input (:class:`Grid`): the ResNet-50's
+        (output stride 16); ASPP's branches are 'same'-padded on stage 4's grid; the decoder
+        keeps the stage-1 features' grid, onto which ASPP's output is resized."""
+        grids = stage_grids(self.encoder, ("stem", "layer1", "layer2", "layer3", "layer4"))
+        grids["aspp"] = grids["layer4"]
+        grids["decoder"] = trace(self.decoder, trace(self.reduce, grids["layer1"]))
+        return grids
 
     def forward_features(self, x: Tensor, taps: FeatureTaps) -> tuple[Tensor, tuple[Tensor, ...]]:
         e = self.encoder

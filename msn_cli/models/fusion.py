@@ -15,6 +15,18 @@ fused logits S.
 * :class:`AWMFFusion` (AWMF-CNN's fusion, Tokunaga et al., CVPR 2019): a weighting CNN scores
   the three experts from the images, an aggregating CNN refines their weighted, aligned
   probabilities (sizes: :mod:`msn_cli.models.awmf`, which builds the whole AWMF-CNN).
+
+Every fusion starts the same way (``init``, :data:`FUSION_INITS`; ``train-fusion
+--fusion-init``), so Table 5 compares fusions, not starts:
+
+* ``average`` (default): the fusion starts as the mean of its branches' probabilities.
+  ConvFusion's convolutions and Meta-FM's generated kernels (the last FC's bias) are
+  :func:`average_kernels`; AWMF's weighting CNN starts with a zero last layer (equal weights,
+  1/3 each) and its aggregating CNN with a zero classifier (no residual). Fresh ConvFusion and
+  Meta-FM (σ = 0) give the same output.
+* ``he``: He initialisation (the paper's "from scratch"): ConvFusion's and AWMF's layers as
+  :func:`~msn_cli.models.layers.init_weights` leaves them; Meta-FM's last FC's bias holds
+  He-initialised kernels (:func:`he_kernels`), its weights still start small.
 """
 
 from __future__ import annotations
@@ -30,13 +42,24 @@ from msn_cli.models.layers import ConvBNReLU, init_weights, scaled, upsample
 from msn_cli.models.resnet import resnet
 
 __all__ = [
+    "FUSION_INITS",
     "AWMFFusion",
     "ConvFusion",
     "MetaFusion",
     "average_kernels",
     "fusion_conv",
+    "he_kernels",
     "sigma_from_gradients",
 ]
+
+#: How a fresh fusion starts (module docstring); the first is the default of every fusion.
+FUSION_INITS = ("average", "he")
+
+
+def _check_init(init: str) -> str:
+    if init not in FUSION_INITS:
+        raise ValueError(f"init must be one of {FUSION_INITS}, got {init!r}")
+    return init
 
 
 def _shapes(nc: int) -> list[tuple[int, ...]]:
@@ -51,6 +74,14 @@ def average_kernels(num_classes: int) -> list[Tensor]:
         w1[c, c, 1, 1] = 0.5
         w1[c, nc + c, 1, 1] = 0.5
         w2[c, c, 1, 1] = 1.0
+    return [w1, b1, w2, b2]
+
+
+def he_kernels(num_classes: int) -> list[Tensor]:
+    """``[w1, b1, w2, b2]`` drawn as :func:`init_weights` draws ConvFusion's convolutions."""
+    w1, b1, w2, b2 = (torch.zeros(s) for s in _shapes(num_classes))
+    for w in (w1, w2):
+        nn.init.kaiming_normal_(w, mode="fan_out", nonlinearity="relu")
     return [w1, b1, w2, b2]
 
 
@@ -87,14 +118,12 @@ class ConvFusion(nn.Module):
 
     Args:
         num_classes: Nc.
-        init: ``"he"`` (from scratch, as in the paper's ablation) or ``"average"``.
+        init: ``"average"`` (the mean of the two branches) or ``"he"`` (from scratch).
     """
 
-    def __init__(self, num_classes: int, init: str = "he") -> None:
+    def __init__(self, num_classes: int, init: str = "average") -> None:
         super().__init__()
-        if init not in ("he", "average"):
-            raise ValueError(f"init must be 'he' or 'average', got {init!r}")
-        self.num_classes, self.init = int(num_classes), init
+        self.num_classes, self.init = int(num_classes), _check_init(init)
         self.conv1 = nn.Conv2d(2 * num_classes, num_classes, 3, padding=1)
         self.conv2 = nn.Conv2d(num_classes, num_classes, 3, padding=1)
         init_weights(self)
@@ -121,15 +150,22 @@ class MetaFusion(nn.Module):
         sigma_dim: length of σ, ``2 * |Wo|`` (``2 * backbone.output_size``).
         hidden: width of the hidden FC layer (9: see :mod:`msn_cli.models.summary`).
         init_scale: relative scale of the last FC's initial weights.
+        init: the kernels the last FC's bias holds: ``"average"`` or ``"he"``.
     """
 
     def __init__(
-        self, num_classes: int, sigma_dim: int, hidden: int = 9, init_scale: float = 1e-3
+        self,
+        num_classes: int,
+        sigma_dim: int,
+        hidden: int = 9,
+        init_scale: float = 1e-3,
+        init: str = "average",
     ) -> None:
         super().__init__()
         if sigma_dim < 1 or hidden < 1:
             raise ValueError(f"sigma_dim and hidden must be >= 1, got {sigma_dim}, {hidden}")
         self.num_classes, self.sigma_dim, self.init_scale = int(num_classes), sigma_dim, init_scale
+        self.init = _check_init(init)
         self.sizes = [int(torch.Size(s).numel()) for s in _shapes(num_classes)]
         self.fc1 = nn.Linear(sigma_dim, hidden)
         self.fc2 = nn.Linear(hidden, sum(self.sizes))
@@ -138,9 +174,10 @@ class MetaFusion(nn.Module):
         init_weights(self)
 
     def post_init(self) -> None:
+        kernels = average_kernels if self.init == "average" else he_kernels
         with torch.no_grad():
             self.fc2.weight.mul_(self.init_scale)
-            self.fc2.bias.copy_(torch.cat([k.flatten() for k in average_kernels(self.num_classes)]))
+            self.fc2.bias.copy_(torch.cat([k.flatten() for k in kernels(self.num_classes)]))
 
     @staticmethod
     def normalise(sigma: Tensor, tiny: float = 1e-30) -> Tensor:
@@ -207,13 +244,20 @@ class AWMFFusion(nn.Module):
     """AWMF-CNN's fusion part: weighting CNN + aggregating CNN.
 
     ``forward(s1, s2, s3, images=(x1, x2, x3))`` with ``s2``, ``s3`` already aligned to X1.
+    ``init="average"`` starts it as the mean of the three experts' probabilities (equal
+    weights, no residual); ``"he"`` leaves every layer He-initialised.
     """
 
     def __init__(
-        self, num_classes: int, in_channels: int = 3, width: float = 1.0, blocks: int = 5
+        self,
+        num_classes: int,
+        in_channels: int = 3,
+        width: float = 1.0,
+        blocks: int = 5,
+        init: str = "average",
     ) -> None:
         super().__init__()
-        self.num_classes = int(num_classes)
+        self.num_classes, self.init = int(num_classes), _check_init(init)
         self.weighting = WeightingCNN(3, in_channels, width)
         c = [scaled(n, width) for n in (64, 128, 256, 512)]
         layers: list[nn.Module] = [ConvBNReLU(3 * num_classes, c[0], 3)]
@@ -222,6 +266,13 @@ class AWMFFusion(nn.Module):
         layers.append(nn.Conv2d(c[3], num_classes, 1))
         self.aggregate = nn.Sequential(*layers)
         init_weights(self)
+
+    def post_init(self) -> None:
+        """``average``: zero the weighting CNN's last layer and the aggregating classifier."""
+        if self.init == "average":
+            for layer in (self.weighting.fc, self.aggregate[-1]):
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
 
     def forward(
         self,

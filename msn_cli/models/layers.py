@@ -8,11 +8,15 @@ Mem-RM, the "average the branches" kernel of Meta-FM) define ``post_init()``, wh
 
 Nothing here assumes a device: the blocks run on CPU or CUDA, under autocast, and with
 ``channels_last`` tensors.
+
+:class:`Grid` and :func:`trace` say where a feature map's pixels sit on the input image
+(Mem-RM crops on it: :mod:`msn_cli.models.memory`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -21,9 +25,12 @@ __all__ = [
     "ConvBNReLU",
     "ConvReLU",
     "FeatureTaps",
+    "Grid",
     "count_parameters",
     "init_weights",
     "scaled",
+    "stage_grids",
+    "trace",
     "upsample",
 ]
 
@@ -158,3 +165,95 @@ class FeatureTaps:
         if name in self.wanted:
             self.features[name] = x
         return x
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Where a feature map's pixels sit on the input image: pixel ``i`` of the map is centred
+    on input pixel ``offset + stride * i`` (pixel indices: input pixel ``k`` is centred on
+    ``k``), along both axes.
+
+    A convolution or pooling of kernel ``k``, stride ``s``, padding ``p`` and dilation ``d``
+    centres its output pixel ``i`` on its input pixel ``s * i + d * (k - 1) / 2 - p``;
+    composing those gives a layer's grid exactly (the receptive-field centre of any pixel
+    whose receptive field lies inside the image). It depends on kernels, strides and paddings
+    only, never on weights or widths. ``Grid(stride / 2 - 0.5, stride)``, pixel ``i`` at the
+    middle of input block ``[stride * i, stride * (i + 1))``, is what resizing with
+    ``align_corners=False`` assumes; a ResNet's stride-2 convolutions put pixel ``i`` on the
+    block's first pixel instead (``Grid(0, stride)``).
+
+    Example:
+        >>> Grid().conv(7, 2, 3).conv(3, 2, 1)  # a ResNet stem: 7x7/2 conv, 3x3/2 max-pool
+        Grid(offset=0.0, stride=4.0)
+        >>> Grid().conv(2, 2).phase  # UNet's 2x2 max-pool: the block's middle
+        0.5
+    """
+
+    offset: float = 0.0
+    stride: float = 1.0
+
+    @property
+    def phase(self) -> float:
+        """Where pixel ``i`` sits inside its own cell ``[i, i + 1)`` of the map, as a fraction
+        of a map pixel: ``(offset + 0.5) / stride`` (0.5: its middle)."""
+        return (self.offset + 0.5) / self.stride
+
+    def conv(self, kernel: int, stride: int = 1, padding: int = 0, dilation: int = 1) -> Grid:
+        """The grid after a convolution or pooling (kernel, stride, padding, dilation)."""
+        centre = dilation * (kernel - 1) / 2 - padding
+        return Grid(self.offset + self.stride * centre, self.stride * stride)
+
+    def transposed(self, kernel: int, stride: int, padding: int = 0) -> Grid:
+        """The grid after a transposed convolution: input pixel ``i`` spreads to outputs
+        ``stride * i - padding + [0, kernel)``, centred on ``stride * i - padding +
+        (kernel - 1) / 2``."""
+        centre = (padding - (kernel - 1) / 2) / stride
+        return Grid(self.offset + self.stride * centre, self.stride / stride)
+
+
+def _single(value, what: str, module: nn.Module) -> int:
+    values = (value,) if isinstance(value, int) else tuple(value)
+    if isinstance(value, str) or len(set(values)) != 1:
+        raise ValueError(f"{module}: {what} {value!r} differs between the axes; no single grid")
+    return int(values[0])
+
+
+def trace(module: nn.Module, grid: Grid | None = None) -> Grid:
+    """The grid after ``module``'s main path, starting from ``grid`` (default: the input's).
+
+    Composes the module's convolutions, transposed convolutions and max/average pools in
+    registration order (forward order for every block of this library), skipping shortcut
+    branches named ``downsample`` (a residual block's 1x1/stride-2 projection lands on the
+    main path's grid). Global pooling has no grid: tracing through one is an error.
+    """
+    grid = Grid() if grid is None else grid
+    if isinstance(module, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
+        parts = [
+            _single(getattr(module, name, 1), name, module)
+            for name in ("kernel_size", "stride", "padding", "dilation")
+        ]
+        return grid.conv(*parts)
+    if isinstance(module, nn.ConvTranspose2d):
+        if _single(module.dilation, "dilation", module) != 1 or any(module.output_padding):
+            raise ValueError(f"{module}: dilated or output-padded transposed convolution")
+        parts = [
+            _single(getattr(module, n), n, module) for n in ("kernel_size", "stride", "padding")
+        ]
+        return grid.transposed(*parts)
+    if isinstance(module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
+        raise ValueError(f"{module}: a global pooling has no pixel grid")
+    for name, child in module.named_children():
+        if name != "downsample":
+            grid = trace(child, grid)
+    return grid
+
+
+def stage_grids(
+    module: nn.Module, names: Sequence[str], grid: Grid | None = None
+) -> dict[str, Grid]:
+    """The grid after each of ``module``'s children ``names``, applied in turn (e.g. a
+    ResNet's ``stem``, ``layer1`` ... ``layer4``)."""
+    out: dict[str, Grid] = {}
+    for name in names:
+        grid = out[name] = trace(getattr(module, name), grid)
+    return out

@@ -31,12 +31,16 @@ from msn_cli.models.memory import MemoryRecall, crop_center, magnification_ratio
 from msn_cli.models.registry import backbone_spec, build_backbone
 from msn_cli.vocab import BRANCHES, IGNORE
 
-__all__ = ["ARCH_KEYS", "BRANCH_KINDS", "FUSIONS", "MSN", "MSNConfig"]
+__all__ = ["ARCH_KEYS", "BRANCH_KINDS", "CROPS", "FUSIONS", "MSN", "MSNConfig"]
 
 FUSIONS = ("meta", "conv", "awmf")
 #: ``shared``: MSN (one meta-branch, Mem-RMs); ``independent``: three separately trained
 #: experts of the same backbone (the paper's "Multi-branch" and AWMF-CNN systems).
 BRANCH_KINDS = ("shared", "independent")
+#: Mem-RM's crop geometry (models/memory.py): ``receptive-field`` samples A where each pixel
+#: of B sits (the gap layer's traced grid); ``centre`` assumes every feature pixel sits in the
+#: middle of its block, as msn 0.1.0 did (a ``model.json`` without ``crop``).
+CROPS = ("receptive-field", "centre")
 #: The MSNConfig keys that fix a backbone's weights' shapes (what train-meta writes).
 ARCH_KEYS = ("backbone", "width", "num_classes", "patch_size", "magnifications", "in_channels")
 
@@ -47,7 +51,9 @@ class MSNConfig:
 
     ``gap_layers=None`` means the backbone's default gap layers. ``branches="independent"``
     gives each input its own backbone (no gap layers, no Mem-RM); ``tune_experts`` records
-    that ``train-fusion --alternate`` trained those experts with the fusion.
+    that ``train-fusion --alternate`` trained those experts with the fusion. ``crop`` is the
+    Mem-RM crop geometry the Mem-RMs were trained with (:data:`CROPS`); :meth:`from_dict`
+    reads a card without it as ``centre``.
 
     Example:
         >>> cfg = MSNConfig(backbone="unet", num_classes=2, magnifications=(4, 2, 1))
@@ -66,6 +72,7 @@ class MSNConfig:
     in_channels: int = 3
     branches: str = "shared"
     tune_experts: bool = False
+    crop: str = "receptive-field"
 
     def __post_init__(self) -> None:
         spec = backbone_spec(self.backbone)
@@ -86,6 +93,8 @@ class MSNConfig:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
         if self.branches not in BRANCH_KINDS:
             raise ValueError(f"branches must be one of {BRANCH_KINDS}, got {self.branches!r}")
+        if self.crop not in CROPS:
+            raise ValueError(f"crop must be one of {CROPS}, got {self.crop!r}")
         if self.branches == "independent":
             if self.gap_layers:
                 raise ValueError("independent branches have no gap layers (no Mem-RM)")
@@ -109,12 +118,13 @@ class MSNConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> MSNConfig:
-        """Inverse of :meth:`to_dict`; unknown keys raise ValueError."""
+        """Inverse of :meth:`to_dict`; unknown keys raise ValueError; no ``crop``: a card of
+        msn 0.1.0, whose Mem-RMs were trained with the ``centre`` crop."""
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
             raise ValueError(f"unknown model.json key(s): {unknown}")
-        d = dict(data)
+        d = {"crop": "centre", **data}
         for key in ("magnifications", "gap_layers"):
             if d.get(key) is not None:
                 d[key] = tuple(d[key])
@@ -135,10 +145,12 @@ class MSN(nn.Module):
     """Meta Segmentation Network: meta-branch, Mem-RMs, fusion (see module docstring).
 
     With ``branches="independent"`` the same interface runs three separate experts:
-    ``meta_branch`` is the X3 expert and ``experts`` holds X1's and X2's.
+    ``meta_branch`` is the X3 expert and ``experts`` holds X1's and X2's. ``fusion_init``
+    (:data:`~msn_cli.models.fusion.FUSION_INITS`) is how a fresh fusion starts, whichever it
+    is (``train-fusion --fusion-init``); loaded weights replace it.
     """
 
-    def __init__(self, config: MSNConfig) -> None:
+    def __init__(self, config: MSNConfig, fusion_init: str = "average") -> None:
         super().__init__()
         self.config = config
         make = partial(
@@ -147,12 +159,12 @@ class MSN(nn.Module):
         self.meta_branch = make()
         independent = config.branches == "independent"
         self.experts = nn.ModuleDict({b: make() for b in ("x1", "x2")} if independent else {})
-        ratios = config.ratios
+        ratios, phases = config.ratios, self.crop_phases()
         self.memory_recall = nn.ModuleDict(
             {
                 b: nn.ModuleDict(
                     {
-                        g: MemoryRecall(self.meta_branch.layer_channels[g], ratios[b])
+                        g: MemoryRecall(self.meta_branch.layer_channels[g], ratios[b], phases[g])
                         for g in self.gap_layers
                     }
                 )
@@ -162,11 +174,21 @@ class MSN(nn.Module):
         nc = config.num_classes
         self.sigma_dim = 2 * self.meta_branch.output_size
         if config.fusion == "meta":
-            self.fusion: nn.Module = MetaFusion(nc, self.sigma_dim, hidden=config.meta_hidden)
+            self.fusion: nn.Module = MetaFusion(
+                nc, self.sigma_dim, hidden=config.meta_hidden, init=fusion_init
+            )
         elif config.fusion == "conv":
-            self.fusion = ConvFusion(nc)
+            self.fusion = ConvFusion(nc, init=fusion_init)
         else:
-            self.fusion = AWMFFusion(nc, config.in_channels, config.width)
+            self.fusion = AWMFFusion(nc, config.in_channels, config.width, init=fusion_init)
+
+    def crop_phases(self) -> dict[str, float]:
+        """Mem-RM's crop phase of each gap layer: its grid's (``crop="receptive-field"``,
+        traced once from the backbone: :meth:`feature_grids`) or 0.5 (``"centre"``)."""
+        if self.config.crop == "centre" or not self.gap_layers:
+            return {g: 0.5 for g in self.gap_layers}
+        grids = self.meta_branch.feature_grids()
+        return {g: grids[g].phase for g in self.gap_layers}
 
     @property
     def gap_layers(self) -> tuple[str, ...]:
@@ -227,9 +249,11 @@ class MSN(nn.Module):
         which: str = "x3",
         memory: Mapping[str, Tensor] | None = None,
         features: Sequence[str] = (),
+        mirrored: Tensor | None = None,
     ) -> BackboneOutput:
         """Run one branch: ``x3`` plain; ``x1``/``x2`` with their Mem-RMs fed by ``memory``
-        (or, independent, through their own experts)."""
+        (or, independent, through their own experts). ``mirrored`` (B, 2): the x, y axes of
+        ``memory`` mirrored since it was computed (flipped cached meta-features)."""
         if which == "x3" or self.independent:
             return self.branch_net(which)(x, features=features)
         rms = self._memrm(which)
@@ -237,7 +261,7 @@ class MSN(nn.Module):
         missing = [g for g in self.gap_layers if g not in memory]
         if missing:
             raise ValueError(f"branch {which} needs the X3 meta-features of {missing}")
-        recall = {g: partial(rms[g], a=memory[g]) for g in self.gap_layers}
+        recall = {g: partial(rms[g], a=memory[g], mirrored=mirrored) for g in self.gap_layers}
         return self.meta_branch(x, features=features, recall=recall)
 
     def align(self, s: Tensor, which: str, size: Sequence[int]) -> Tensor:

@@ -17,7 +17,17 @@ import torch
 from torch import Tensor, nn
 
 from msn_cli.models.base import SegmentationBackbone
-from msn_cli.models.layers import ConvBNReLU, ConvReLU, FeatureTaps, init_weights, scaled, upsample
+from msn_cli.models.layers import (
+    ConvBNReLU,
+    ConvReLU,
+    FeatureTaps,
+    Grid,
+    init_weights,
+    scaled,
+    stage_grids,
+    trace,
+    upsample,
+)
 from msn_cli.models.resnet import resnet
 
 __all__ = ["PSPNet", "PyramidPooling"]
@@ -87,6 +97,14 @@ class PSPNet(SegmentationBackbone):
             "bottleneck": self.penultimate_channels,
         }
         init_weights(self)
+
+    def feature_grids(self) -> dict[str, Grid]:
+        """Where each candidate layer's pixels sit on the input (:class:`Grid`): the dilated
+        ResNet-50's; the pyramid is resized onto stage 4's grid, which it keeps."""
+        grids = stage_grids(self.encoder, ("stem", "layer1", "layer2", "layer3", "layer4"))
+        grids["ppm"] = grids["layer4"]
+        grids["bottleneck"] = trace(self.bottleneck, grids["ppm"])
+        return grids
 
     def forward_features(self, x: Tensor, taps: FeatureTaps) -> tuple[Tensor, tuple[Tensor, ...]]:
         e = self.encoder

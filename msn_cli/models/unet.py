@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from msn_cli.models.base import SegmentationBackbone
-from msn_cli.models.layers import ConvBNReLU, FeatureTaps, init_weights, scaled
+from msn_cli.models.layers import ConvBNReLU, FeatureTaps, Grid, init_weights, scaled, trace
 
 __all__ = ["DoubleConv", "UNet"]
 
@@ -68,6 +68,16 @@ class UNet(SegmentationBackbone):
         self.layer_channels = {f"enc{i + 1}": c[i] for i in range(5)}
         self.layer_channels.update({f"dec{i + 1}": c[3 - i] for i in range(4)})
         init_weights(self)
+
+    def feature_grids(self) -> dict[str, Grid]:
+        """Where each candidate layer's pixels sit on the input (:class:`Grid`): the 2x2
+        max-pools and transposed convolutions keep every pixel at its block's middle."""
+        grids, grid = {}, Grid()
+        for i, stage in enumerate(self.encoder):
+            grid = grids[f"enc{i + 1}"] = trace(stage, grid)
+        for i, up in enumerate(self.decoder):
+            grid = grids[f"dec{i + 1}"] = trace(up, grid)
+        return grids
 
     def forward_features(self, x: Tensor, taps: FeatureTaps) -> tuple[Tensor, tuple[Tensor, ...]]:
         skips = []

@@ -16,7 +16,11 @@ support batch, the loss L(S, Y1) from the query batch: no query label reaches th
 After each epoch σ* over the whole fit (support) set is stored (``model.store_sigma``), so the
 checkpoint predicts without labels. ``--method conv|awmf`` train the comparison fusions
 (AWMF reads the three images too). The fit set is the split, or by default the patches
-``train-memrm --holdout`` held out (docs/architecture.md §4).
+``train-memrm --holdout`` held out (docs/architecture.md §4); with ``--experts``, the whole
+split, or with ``--holdout-from DIR`` the patches DIR's train-memrm held out, so that
+Table 3's rows fit their fusions on the same patches, for the same number of steps.
+``--fusion-init average|he`` (default ``average``) starts every method alike
+(:mod:`msn_cli.models.fusion`); ``config.json`` records it.
 """
 
 from __future__ import annotations
@@ -78,9 +82,9 @@ def train_fusion(cfg: FusionConfig) -> StageResult:
     ck = CheckpointDir(cfg.checkpoints)
     if cfg.experts is not None:  # checked on every rank before any process group exists
         frozen_stages: tuple[str, ...] = ("experts",)
-        held: dict = {}
-        use_holdout = False
-        plan = check_experts(ck, cfg.expert_dirs, store_spec(cfg.store), cfg.store, cfg.restart)
+        spec = store_spec(cfg.store)
+        held, use_holdout = _holdout_from(cfg, spec) if cfg.holdout_from else ({}, False)
+        plan = check_experts(ck, cfg.expert_dirs, spec, cfg.store, cfg.restart)
     else:
         frozen_stages = ("meta", "memrm")
         held, use_holdout = _holdout(ck, cfg)
@@ -101,10 +105,17 @@ def train_fusion(cfg: FusionConfig) -> StageResult:
         ctx.barrier()
         ds = dataset(cfg.store, cfg.split, (*BRANCHES, "y1"))
         fit = indices_of(ds, held, inside=True) if use_holdout else np.arange(len(ds))
+        n_held = sum(map(len, held.values()))
+        if use_holdout and len(fit) != n_held:
+            raise MsnError(
+                cfg.store,
+                f"split {cfg.split!r} holds {len(fit)} of the {n_held} patches train-memrm held "
+                "out: not the store (or split) it was trained on",
+            )
         if cfg.method == "meta" and len(fit) < 2:
             raise MsnError(cfg.store, "Meta-FM episodes need at least 2 fit patches")
 
-        model = MSN(mcfg)
+        model = MSN(mcfg, fusion_init=cfg.fusion_init)
         frozen, _ = ck.load_model("cpu", stages=frozen_stages)
         for name in frozen_stages:
             model.stage_part(name).load_state_dict(frozen.stage_part(name).state_dict())
@@ -198,6 +209,28 @@ def _holdout(ck: CheckpointDir, cfg: FusionConfig) -> tuple[dict, bool]:
     return held, use_holdout
 
 
+def _holdout_from(cfg: FusionConfig, spec) -> tuple[dict, bool]:
+    """``--holdout-from DIR``: the patches DIR's train-memrm held out (its fusion's fit set)."""
+    src = CheckpointDir(cfg.holdout_from)
+    src.require("memrm")
+    src.check_store(spec, cfg.store)
+    memrm_cfg = src.stage("memrm").read_config() or {}
+    held = memrm_cfg.get("held_out") or {}
+    if not held:
+        raise MsnError(
+            src.stage("memrm").config,
+            "train-memrm held no patches out (its fusion fits on the whole split): drop "
+            "--holdout-from",
+        )
+    if memrm_cfg.get("split") != cfg.split:
+        raise MsnError(
+            src.stage("memrm").config,
+            f"the held-out patches are from split {memrm_cfg.get('split')!r}, not "
+            f"{cfg.split!r}; use --split {memrm_cfg.get('split')}",
+        )
+    return held, True
+
+
 def _sigma(parts: Sequence[OutputGradient], rows) -> torch.Tensor:
     """σ (Eq. 3) of the fit patches ``rows`` from the cached per-patch parts (X1, X2)."""
     return sigma_from_gradients(*(OutputGradient(g.grad_sum[rows], g.count[rows]) for g in parts))
@@ -236,7 +269,9 @@ def _branch_cache(trainer: Trainer, model, ds, fit, frozen, card: ModelCard) -> 
         log.info("branch-logit cache over --cache-gb %g: recomputing them per batch", cfg.cache_gb)
     cache = ArrayCache(stage.cache, arrays, n)
     weights = [trainer.ck.stage(s).weights for s in frozen]
-    key = cache_key(*weights, card.model["gap_layers"], sorted(arrays), ds.url)
+    key = cache_key(
+        *weights, card.model["gap_layers"], card.model.get("crop"), sorted(arrays), ds.url
+    )
     key = cache_key(key, ds.slide_names, fit.tolist(), *normalization_part(card.normalize))
     if cache.valid(key):
         return cache

@@ -11,8 +11,12 @@
    meta-features at the gap layers never change in this stage, so they are computed once per
    patch into ``memrm/cache/`` (float16 ``.npy`` memory maps, read by the DataLoader workers)
    and reused every epoch. When that would exceed ``cache_gb`` they are recomputed per batch
-   instead. Augmentation flips/rotates the cached maps with the images (exact for the crop
-   geometry; colour jitter touches X1/X2 only, X3's features come from the original image).
+   instead. Augmentation flips/rotates the cached maps with the images; a mirrored axis moves
+   a map's pixels to the mirrored phase of their grid, so each sample carries where its maps
+   were mirrored (``orient``) and the crop samples them where they now sit
+   (:mod:`msn_cli.models.memory`). Colour jitter touches X1/X2 only, X3's features come from
+   the original image. ``--crop`` (``model.json``'s ``crop``) is the crop geometry:
+   ``receptive-field`` (default) or msn 0.1.0's ``centre``.
 3. ``--holdout F`` leaves a seeded fraction F of the split's patches out of Mem-RM training
    and records them (``held_out`` in ``memrm/config.json``); ``train-fusion`` then fits the
    fusion on exactly those by default (docs/architecture.md §4).
@@ -61,9 +65,40 @@ class MemRMStep(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x1, x2, memory):
+    def forward(self, x1, x2, memory, mirrored=None):
         m = self.model
-        return m.branch(x1, "x1", memory).logits, m.branch(x2, "x2", memory).logits
+        s1 = m.branch(x1, "x1", memory, mirrored=mirrored).logits
+        return s1, m.branch(x2, "x2", memory, mirrored=mirrored).logits
+
+
+#: A 2x2 map of each pixel's (x, y) index, turned with a sample by the augmentation: where
+#: the cached meta-features of that sample ended up mirrored (:func:`mirrored_axes`).
+ORIENT = torch.tensor([[[0, 1], [0, 1]], [[0, 0], [1, 1]]], dtype=torch.int8)
+
+
+class Oriented:
+    """An :class:`Augment` that also turns ``ORIENT`` with each sample (field ``orient``)."""
+
+    def __init__(self, augment: Augment) -> None:
+        self.augment = augment
+
+    def __call__(self, sample, epoch: int | None = None):
+        return self.augment({**sample, "orient": ORIENT.clone()}, epoch)
+
+
+def mirrored_axes(orient: torch.Tensor) -> torch.Tensor:
+    """(B, 2) booleans from turned ``ORIENT`` maps (B, 2, 2, 2): x, y axes now mirrored.
+
+    Along the x axis (a row) one of the turned index maps changes by +1 or -1: -1 means the
+    maps' x axis runs backwards (a flip, or a rotation that brought a reversed axis there).
+
+    Example:
+        >>> mirrored_axes(torch.flip(ORIENT, dims=(-1,))[None]).tolist()
+        [[True, False]]
+    """
+    along_x = (orient[..., 0, 1] - orient[..., 0, 0]).sum(-1)
+    along_y = (orient[..., 1, 0] - orient[..., 0, 0]).sum(-1)
+    return torch.stack([along_x < 0, along_y < 0], dim=-1)
 
 
 def train_memrm(cfg: MemRMConfig) -> StageResult:
@@ -91,13 +126,14 @@ def train_memrm(cfg: MemRMConfig) -> StageResult:
         meta, _ = ck.load_model(ctx.device, stages=("meta",))
         stats = _gap_analysis(trainer, meta, ds, fit, cfg, norm, reuse=state is not None)
         chosen = names or tuple(stats["chosen"])
-        mcfg = replace(card.config(), gap_layers=chosen)
+        mcfg = replace(card.config(), gap_layers=chosen, crop=cfg.crop)
         new_card = replace(card, model=mcfg.to_dict())
         if ctx.is_main and new_card != card:
             ck.write_card(new_card)
             if ck.stage("fusion").complete:
                 log.warning(
-                    "%s: built on other gap layers; rerun train-fusion", ck.stage("fusion").dir
+                    "%s: built on other gap layers or another crop; rerun train-fusion",
+                    ck.stage("fusion").dir,
                 )
         ctx.barrier()
 
@@ -115,25 +151,29 @@ def train_memrm(cfg: MemRMConfig) -> StageResult:
             mem_keys = [f"mem_{g}" for g in chosen]
             tfields = ("x1", "x2", "y1", "y2") if cache is not None else fields
             aug = Augment(cfg.seed, flips=cfg.augment, jitter=cfg.color_jitter, images=("x1", "x2"))
+            oriented = cache is not None and cfg.augment  # cached maps turned after the fact
             train = FitView(
                 dataset(cfg.store, cfg.split, tfields),
                 fit,
                 cache,
                 mem_keys if cache is not None else (),
-                aug,
+                Oriented(aug) if oriented else aug,
             )
 
             def step(batch):
                 x1 = to_input(batch["x1"], ctx.device, ctx.channels_last, norm)
                 x2 = to_input(batch["x2"], ctx.device, ctx.channels_last, norm)
+                mirrored = None
                 if cache is not None:
                     memory = {g: batch[f"mem_{g}"].to(ctx.device).float() for g in chosen}
+                    if oriented:
+                        mirrored = mirrored_axes(batch["orient"]).to(ctx.device)
                 else:
                     with torch.no_grad():
                         x3 = to_input(batch["x3"], ctx.device, ctx.channels_last, norm)
                         memory = model.meta_features(x3).features
                 y1, y2 = to_target(batch["y1"], ctx.device), to_target(batch["y2"], ctx.device)
-                s1, s2 = step_net(x1, x2, memory)
+                s1, s2 = step_net(x1, x2, memory, mirrored)
                 losses = {
                     "loss_x1": segmentation_loss(s1, y1),
                     "loss_x2": segmentation_loss(s2, y2),

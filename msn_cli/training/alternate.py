@@ -6,7 +6,8 @@ branches and the fusion (20 epochs). Here epoch 1, 3, 5, ... train the fusion wi
 frozen, L(S, Y1); epochs 2, 4, ... train the three experts with the fusion frozen, on
 L(S, Y1) + L(S1, Y1) + L(S2, Y2) + L(S3, Y3) plus each expert's deep-supervision losses (as
 in ``train-meta``), so the fused loss reaches the experts and each expert stays a segmenter
-of its own input (Table 1 scores every branch). Each part has its own
+of its own input (Table 1 scores every branch). The fusion starts as ``--fusion-init``
+says, like every fusion (default: the mean of the three experts). Each part has its own
 Adam optimizer; both are in ``last.pt``. The final ``fusion/weights.pt`` holds the fusion and
 the tuned experts (``model.json``: ``tune_experts``).
 """

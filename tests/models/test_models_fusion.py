@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import partial
 
 import pytest
@@ -145,3 +146,46 @@ def test_awmf_fusion_shapes_and_gradients() -> None:
     assert all(p.grad is not None for p in fusion.parameters())
     with pytest.raises(ValueError, match="three images"):
         fusion(s1, s2, s3)
+
+
+def test_average_initialised_conv_and_meta_fm_agree_at_step_0() -> None:
+    """``--fusion-init average``: "w/o Meta" and Meta-FM start as the same fusion, the mean of
+    the two branches (Meta-FM exactly for σ = 0; for any σ up to its last FC's small initial
+    weights); AWMF as the mean of its three. ``he`` starts each elsewhere."""
+    torch.manual_seed(0)
+    s1, s2 = _maps()
+    conv, meta = ConvFusion(NC, init="average"), MetaFusion(NC, 24, init="average")
+    avg = (s1.softmax(1) + s2.softmax(1)) / 2
+    torch.testing.assert_close(conv(s1, s2), avg)
+    torch.testing.assert_close(meta(s1, s2, sigma=torch.zeros(24)), conv(s1, s2))
+    torch.testing.assert_close(meta(s1, s2, sigma=torch.randn(24)), conv(s1, s2), atol=0.02, rtol=0)
+    he_conv, he_meta = ConvFusion(NC, init="he"), MetaFusion(NC, 24, init="he")
+    assert not torch.allclose(he_conv(s1, s2), avg, atol=0.1)
+    assert not torch.allclose(he_meta(s1, s2, sigma=torch.zeros(24)), avg, atol=0.1)
+    assert ConvFusion(NC).init == MetaFusion(NC, 24).init == AWMFFusion(NC, width=0.0625).init
+    s1, s2 = _maps(size=32)
+    s3, images = torch.randn_like(s1), [torch.randn(2, 3, 32, 32) for _ in range(3)]
+    mean3 = (s1.softmax(1) + s2.softmax(1) + s3.softmax(1)) / 3
+    awmf = AWMFFusion(NC, width=0.0625, init="average")
+    torch.testing.assert_close(awmf(s1, s2, s3, images=images), mean3)
+    he_awmf = AWMFFusion(NC, width=0.0625, init="he")
+    assert not torch.allclose(he_awmf(s1, s2, s3, images=images), mean3, atol=0.1)
+    awmf(s1, s2, s3, images=images).square().sum().backward()  # its zero layers learn
+    assert awmf.weighting.fc.weight.grad.abs().sum() > 0
+    assert awmf.aggregate[-1].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="init must be one of"):
+        ConvFusion(NC, init="zero")
+
+
+def test_msn_starts_every_fusion_alike() -> None:
+    """MSN(config, fusion_init): the same start whichever fusion the config names."""
+    from msn_cli.models.msn import MSN, MSNConfig
+
+    torch.manual_seed(0)
+    cfg = MSNConfig(backbone="bisenet", width=0.125, num_classes=NC, patch_size=32)
+    s1, s2, s3 = (torch.randn(1, NC, 32, 32) for _ in range(3))
+    nets = {f: MSN(replace(cfg, fusion=f)).eval() for f in ("meta", "conv")}
+    fused = [net.fuse(s1, s2, s3, sigma=torch.zeros(net.sigma_dim)) for net in nets.values()]
+    torch.testing.assert_close(fused[0], fused[1])
+    he = MSN(replace(cfg, fusion="conv"), fusion_init="he").eval()
+    assert he.fusion.init == "he" and not torch.allclose(he.fuse(s1, s2, s3), fused[1])
