@@ -165,7 +165,8 @@ def print_models(rows: list[dict[str, Any]]) -> None:
 
 
 def print_comparison(table: Comparison) -> None:
-    t = Table(title=table.title)
+    """The table; one that merges several runs per cell has its note (runs, sd) as caption."""
+    t = Table(title=table.title, caption=table.note)  # caption None: none
     for col, kind in zip(table.columns, table.kinds, strict=True):
         t.add_column(col, justify="left" if kind == "text" else "right")
     for row in table.cells():
@@ -173,20 +174,35 @@ def print_comparison(table: Comparison) -> None:
     _console().print(t)
 
 
+def print_versus(table: Comparison, a: str, b: str) -> None:
+    """Row ``a`` against row ``b``, one line per mIoU column: separated (more than one sd
+    apart), not separated, or one run (see :func:`msn_cli.evaluation.compare.versus`)."""
+    from msn_cli.evaluation.compare import versus
+
+    for line in versus(table, a, b):
+        typer.echo(line)
+
+
 def print_store_details(result: dict[str, Any]) -> None:
-    """Per-class IoU of every output and each output's confusion matrix."""
+    """Per-class IoU of every output and each output's confusion matrix; S2′/S3′ against Y1
+    (``x2@y1``, ``x3@y1``) too where the result has them."""
+    from msn_cli.evaluation.compare import ALIGNED_KEYS, STORE_FIELDS
+
     con = _console()
     classes = result["classes"]
-    outs = [o for o in OUTPUTS if result["iou"].get(o) is not None]
+    heads = {o: f"{o.upper()} vs {TARGETS[o].upper()}" for o in OUTPUTS}
+    heads.update({key: STORE_FIELDS[col] for col, key in ALIGNED_KEYS.items()})
+    outs = [o for o in heads if result["iou"].get(o) is not None]
     t = Table(title=f"IoU (%) per class, {result['n_patches']} patches of '{result['split']}'")
     t.add_column("class")
     for o in outs:
-        t.add_column(f"{o.upper()} vs {TARGETS[o].upper()}", justify="right")
+        t.add_column(heads[o], justify="right")
     for i, name in enumerate(classes):
         t.add_row(name, *[_pct(result["iou"][o][i]) for o in outs])
     con.print(t)
     for o in outs:
-        print_confusion(result["confusion"][o], classes, f"confusion {o.upper()} (rows: truth)")
+        title = o.upper() if o in TARGETS else heads[o]
+        print_confusion(result["confusion"][o], classes, f"confusion {title} (rows: truth)")
 
 
 def print_confusion(matrix: list[list[int]], classes: list[str], title: str) -> None:

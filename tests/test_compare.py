@@ -54,17 +54,19 @@ def test_same_labels_merge_into_one_row_at_the_first_place(bisenet, tmp_path, ms
     assert len(compare_results(bisenet).rows) == 4
 
 
-def test_merged_runs_that_disagree_are_an_error(tmp_path, msn_invoke):
+def test_runs_of_one_row_with_two_values_in_a_cell_give_mean_and_sd(tmp_path, msn_invoke):
+    """(Was: runs that disagree are an error.) Two values in one cell are two seeds of it."""
     a = write(tmp_path / "a.json", store("A", x1=0.40, x2=0.30))
     b = write(tmp_path / "b.json", store("B", x1=0.40, x2=0.31))
     assert comparison([json.loads(a.read_text())] * 2, ["S", "S"]).rows[0][2:4] == [0.40, 0.30]
-    with pytest.raises(MsnError, match=r"labelled 'S' disagree on X2 \(30.00 vs 31.00\)"):
-        compare_results([a, b], ["S", "S"])
+    t = compare_results([a, b], ["S", "S"])
+    assert t.rows[0][2:4] == [0.40, pytest.approx(0.305)]
+    assert t.cells()[0][2:4] == ["40.0 ± 0.0", "30.5 ± 0.7"]
     res = msn_invoke("evaluate", "--compare", a, b, "--labels", "S,S")
-    assert res.exit_code == 1 and "'S' disagree on X2" in res.stderr
-    assert len(res.stderr.strip().splitlines()) == 1
-    # a hidden column does not conflict
-    assert compare_results([a, b], ["S", "S"], columns=["x1"]).rows == [["S", 0.40]]
+    assert res.exit_code == 0, res.output
+    assert "30.5 ± 0.7" in res.stdout and "mean ± sd over 2 runs" in res.stdout
+    # a hidden column does not matter
+    assert compare_results([a, b], ["S", "S"], columns=["x1"]).cells() == [["S", "40.0 ± 0.0"]]
 
 
 def test_columns_pick_order_and_headers_with_a_null_fusion_count(bisenet, tmp_path, msn_invoke):
@@ -154,8 +156,8 @@ def test_curves_without_any_column_and_bad_histories(tmp_path):
         read_history(tmp_path / "bad")
     with pytest.raises(MsnUsageError, match="'x4' is not one of x1, x2, x3, fusion"):
         curve_table([("a", [{"epoch": 1}])], ["x4"])
-    with pytest.raises(MsnUsageError, match="'a' names two runs"):
-        compare_curves([a, a], ["x1"], ["a", "a"])
+    with pytest.raises(MsnUsageError, match=f"RUNS: {a} given twice"):
+        compare_curves([a, a / "history.jsonl"], ["x1"], ["a", "b"])
 
 
 def test_curve_cli_labels_missing_history_and_plot(tmp_path, msn_invoke):
@@ -211,3 +213,154 @@ def test_slide_tables_keep_their_rows(tmp_path):
     assert t.title == "Slides" and [r[0] for r in t.rows] == ["m", "m"]
     with pytest.raises(MsnUsageError, match="'x' given twice"):
         comparison([s, s], ["x", "x"])
+
+
+@pytest.fixture
+def seeds(tmp_path):
+    """Three seeds of MSN (the third without a fusion) and one single-run BiSeNet row."""
+    return [
+        write(tmp_path / "s0.json", store("MSN", 15.62, 0.0137, x1=0.40, x2=0.50, x3=0.425,
+                                          fusion=0.50)),
+        write(tmp_path / "b.json", store("BiSeNet", 12.8, x1=0.401)),
+        write(tmp_path / "s1.json", store("MSN", 15.62, 0.0137, x1=0.42, x2=0.50, x3=0.425,
+                                          fusion=0.52)),
+        write(tmp_path / "s2.json", store("MSN", 15.62, 0.0137, x1=0.47, x2=0.53, x3=0.425,
+                                          fusion=None)),
+    ]  # fmt: skip
+
+
+def test_seeds_of_one_row_give_mean_and_sample_sd_in_every_output(seeds, tmp_path, msn_invoke):
+    from msn_cli.evaluation.compare import Spread, write_tables
+
+    t = compare_results(seeds, csv_path=tmp_path / "t.csv", markdown_path=tmp_path / "t.md")
+    assert [r[0] for r in t.rows] == ["MSN", "BiSeNet"]  # at the first run's place
+    msn = t.rows[0]
+    assert msn[1] == 15.62  # parameters: the largest, no sd
+    # X1: 0.40, 0.42, 0.47: mean 0.43, sd sqrt((0.03² + 0.01² + 0.04²) / 2) = sqrt(0.0013)
+    assert msn[2] == pytest.approx(0.43) and t.spread[0][2].sd == pytest.approx(0.0013**0.5)
+    assert t.spread[0][3] == Spread(pytest.approx(0.0003**0.5), 3)  # X2: 0.50, 0.50, 0.53
+    assert t.spread[0][4] == Spread(0.0, 3)  # X3: the same number three times
+    assert msn[5] == pytest.approx(0.51) and t.spread[0][5] == Spread(
+        pytest.approx(0.02 / 2**0.5), 2
+    )
+    assert t.spread[1] == [None, None, Spread(None, 1), None, None, None]
+    assert t.cells() == [
+        ["MSN", "15.6", "43.0 ± 3.6", "51.0 ± 1.7", "42.5 ± 0.0", "51.0 ± 1.4 (n=2)"],
+        ["BiSeNet", "12.8", "40.1 (n=1)", "-", "-", "-"],
+    ]
+    assert t.note == "mean ± sd over 3 runs; (n=k): over k runs"
+    md = (tmp_path / "t.md").read_text().splitlines()
+    assert md[4] == "| MSN | 15.6 | 43.0 ± 3.6 | 51.0 ± 1.7 | 42.5 ± 0.0 | 51.0 ± 1.4 (n=2) |"
+    assert md[-2:] == ["", "mean ± sd over 3 runs; (n=k): over k runs"]
+    assert (tmp_path / "t.csv").read_text().splitlines() == [
+        "Method,# Parm (M),X1,X1 sd,X1 n,X2,X2 sd,X2 n,X3,X3 sd,X3 n,Fusion,Fusion sd,Fusion n",
+        "MSN,15.62,43.00,3.61,3,51.00,1.73,3,42.50,0.00,3,51.00,1.41,2",
+        "BiSeNet,12.8,40.10,,1,,,,,,,,,",
+    ]
+    write_tables(t, None, None, tmp_path / "t.json")
+    data = json.loads((tmp_path / "t.json").read_text())
+    assert data["columns"] == t.columns and data["title"] == "mIoU (%) on split test"
+    assert data["rows"][0]["Method"] == "MSN" and data["rows"][0]["# Parm (M)"] == 15.62
+    assert data["rows"][0]["X1"] == {
+        "mean": pytest.approx(0.43), "sd": pytest.approx(0.0013**0.5), "n": 3
+    }  # fmt: skip
+    assert data["rows"][1]["X1"] == {"mean": 0.401, "sd": None, "n": 1}
+    assert data["rows"][1]["X2"] is None
+    res = msn_invoke("evaluate", "--compare", *seeds, "--columns", "x1,fusion")
+    assert res.exit_code == 0, res.output
+    assert "43.0 ± 3.6" in res.stdout and "51.0 ± 1.4 (n=2)" in res.stdout
+    assert "mean ± sd over 3 runs" in res.stdout
+
+
+def test_one_run_per_cell_prints_as_before(bisenet, tmp_path):
+    from msn_cli.evaluation.compare import write_tables
+
+    t = compare_results(
+        bisenet, ["BiSeNet", "MSN", "BiSeNet", "BiSeNet"], markdown_path=tmp_path / "t.md"
+    )
+    assert t.spread is None and t.note is None and t.runs == 1
+    assert (tmp_path / "t.md").read_text() == (
+        "mIoU (%) on split test\n\n"
+        "| Method | # Parm (M) | X1 | X2 | X3 | Fusion |\n"
+        "|:---|---:|---:|---:|---:|---:|\n"
+        "| BiSeNet | 12.9 | 40.1 | 41.2 | 42.5 | - |\n"
+        "| MSN | 15.6 | 46.4 | - | - | 47.6 |\n"
+    )
+    write_tables(t, None, None, tmp_path / "t.json")
+    row = json.loads((tmp_path / "t.json").read_text())["rows"][0]
+    assert row["X1"] == {"mean": 0.401, "sd": None, "n": 1} and row["Fusion"] is None
+
+
+def test_branches_against_y1_columns(tmp_path, msn_invoke, capsys):
+    from msn_cli.report import print_store_details
+
+    r = store("MSN", x1=0.46, x2=0.47, x3=0.42, fusion=0.48)
+    r["miou"].update({"x2@y1": 0.44, "x3@y1": 0.39})
+    new, old = write(tmp_path / "new.json", r), write(tmp_path / "old.json", store("Old", x1=0.5))
+    t = compare_results([new, old], columns=["x2", "x2y1", "x3", "x3y1", "fusion"])
+    assert t.columns == ["Method", "X2", "X2′ vs Y1", "X3", "X3′ vs Y1", "Fusion"]
+    assert t.cells() == [
+        ["MSN", "47.0", "44.0", "42.0", "39.0", "48.0"],
+        ["Old", "-", "-", "-", "-", "-"],  # written before S2′/S3′ were scored
+    ]
+    res = msn_invoke("evaluate", "--compare", new, old, "--columns", "x1,x2y1,x3y1")
+    assert res.exit_code == 0, res.output
+    assert "X2′ vs Y1" in res.stdout and "39.0" in res.stdout
+    res = msn_invoke("evaluate", "--compare", new, "--columns", "x2y2")
+    assert res.exit_code == 2 and "x2y1, x3y1" in res.stderr
+    r["miou"]["x3@y1"] = "high"
+    with pytest.raises(MsnError, match="miou.x3@y1 is 'high', not a number"):
+        comparison([r], columns=["x3y1"])
+    result = {
+        "classes": ["a", "b"], "n_patches": 4, "split": "test",
+        "iou": {"x1": [0.5, 0.25], "x2": [0.75, 1.0], "x3": None, "fusion": None,
+                "x2@y1": [0.125, 0.375]},
+        "confusion": {"x1": [[1, 0], [0, 1]], "x2": [[2, 0], [0, 2]], "x2@y1": [[3, 1], [0, 3]]},
+    }  # fmt: skip
+    print_store_details(result)
+    out = capsys.readouterr().out
+    assert "X2′ vs Y1" in out and "37.5" in out and "confusion X2′ vs Y1 (rows: truth)" in out
+    assert "X3′" not in out
+
+
+def test_versus_says_whether_two_rows_are_more_than_one_sd_apart(capsys):
+    from msn_cli.evaluation.compare import versus
+    from msn_cli.report import print_versus
+
+    runs = [
+        store(label, x1=v)
+        for label, values in {
+            "A": (0.80, 0.81, 0.79),  # mean 80, sd 1
+            "B": (0.75, 0.77, 0.73),  # mean 75, sd 2
+            "D": (0.82, 0.76, 0.79),  # mean 79, sd 3
+            "E": (0.70,),
+        }.items()
+        for v in values
+    ]
+    t = comparison(runs, columns=["x1", "x2"])
+    assert versus(t, "A", "B") == [
+        "X1: A 80.0 ± 1.0 vs B 75.0 ± 2.0: +5.0, separated (sd 2.0)",
+        "X2: A - vs B -: missing",
+    ]
+    assert versus(t, "A", "D", ["X1"]) == [
+        "X1: A 80.0 ± 1.0 vs D 79.0 ± 3.0: +1.0, not separated (sd 3.0)"
+    ]
+    assert versus(t, "E", "A", ["X1"]) == ["X1: E 70.0 vs A 80.0 ± 1.0: -10.0, one run (no sd)"]
+    with pytest.raises(MsnUsageError, match="no row 'Z'"):
+        versus(t, "A", "Z")
+    print_versus(t, "A", "B")
+    assert capsys.readouterr().out.splitlines()[0].endswith("+5.0, separated (sd 2.0)")
+
+
+def test_curves_of_seeds_share_columns_mean_and_sd(tmp_path):
+    a0 = history(tmp_path / "s0" / "memrm", {"epoch": 1, "val_miou_x1": 0.30},
+                 {"epoch": 2, "val_miou_x1": 0.40})  # fmt: skip
+    a1 = history(tmp_path / "s1" / "memrm", {"epoch": 1, "val_miou_x1": 0.34})  # stopped early
+    b = history(tmp_path / "b" / "meta", {"epoch": 1, "val_miou_x1": 0.2})
+    png = tmp_path / "f.png"
+    t = compare_curves([a0, b, a1], ["x1"], ["MSN", "U-Net", "MSN"], plot_path=png)
+    assert t.columns == ["Epoch", "MSN X1", "U-Net X1"]
+    assert t.rows == [[1, pytest.approx(0.32), 0.2], [2, 0.40, None]]
+    assert t.cells() == [["1", "32.0 ± 2.8", "20.0 (n=1)"], ["2", "40.0 (n=1)", "-"]]
+    assert t.note == "mean ± sd over 2 runs; (n=k): over k runs"
+    assert png.stat().st_size > 5000  # the plot draws the means

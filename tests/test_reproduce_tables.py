@@ -1,5 +1,6 @@
 """``examples/reproduce_tables.sh`` end to end at the smallest settings: every row of every
-table of the paper (and the Fig. 5/6 curves) gets numbers."""
+table of the paper (and the Fig. 5/6 curves) gets numbers; rerun with ``--seeds 2`` (one
+table), every cell becomes mean ± sd."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "reproduce_tables.sh"
@@ -58,6 +61,12 @@ def test_usage_errors_exit_2(tmp_path):
     assert res.returncode == 2 and "PRE_EPOCHS" in res.stderr
     res = run("--jobs", "0", cwd=tmp_path)
     assert res.returncode == 2 and "--jobs 0" in res.stderr
+    res = run("--seeds", "0", cwd=tmp_path)
+    assert res.returncode == 2 and "--seeds 0: need a whole number >= 1" in res.stderr
+    res = run("--tables", "3,6", cwd=tmp_path)
+    assert res.returncode == 2 and "--tables 3,6: need table numbers 1-5" in res.stderr
+    res = run("--store", "bach.zarr", "--tables", "2", cwd=tmp_path)
+    assert res.returncode == 2 and "Table 2 needs --isic-store" in res.stderr
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "settings.txt").write_text("size=8192 ...\n")
     res = run("--out", "old", cwd=tmp_path)
@@ -104,3 +113,37 @@ def test_every_row_of_every_table_has_numbers(tmp_path):
     alternated = (out / "ckpt" / "bach-awmf-bisenet" / "fusion" / "history.jsonl").read_text()
     assert '"trained": "fusion"' in alternated and '"trained": "experts"' in alternated
     assert (out / "tables.md").read_text().count("Table ") == 6
+    configs = sorted((out / "ckpt").glob("*/*/config.json"))
+    assert len(configs) > 40
+    for config in configs:  # validation never looks at the test split
+        assert json.loads(config.read_text()).get("val_split") != "test", config
+
+    # --seeds 2 in the same folder: seed 0 is kept, seed 1 trained beside it (only what
+    # Table 4 needs), and every cell becomes mean ± sd over the two
+    weights = {p: p.stat().st_mtime_ns for p in (out / "ckpt").glob("*/*/weights.pt")}
+    res = run("--out", str(out), "--jobs", "2", "--seeds", "2", "--tables", "4", env=tiny,
+              cwd=tmp_path)  # fmt: skip
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    assert "seed1/bach-nongap: started" in res.stdout
+    assert {p: p.stat().st_mtime_ns for p in weights} == weights  # seed 0 not retrained
+    seed1 = out / "seed1"
+    assert sorted(p.name for p in (seed1 / "ckpt").iterdir()) == [
+        "bach-bisenet-x3", "bach-bisenet-x3-pre", "bach-msn-bisenet", "bach-nongap"
+    ]  # fmt: skip
+    config = json.loads((seed1 / "ckpt" / "bach-nongap" / "memrm" / "config.json").read_text())
+    assert config["seed"] == 1 and config["val_split"] == "sub-train"
+    assert (seed1 / "logs" / "bach-nongap.log").stat().st_size > 0
+    header, body = markdown_table(out / "tables" / "table4.md")
+    assert header == ["Method", "X1", "X2", "X3", "Fusion"]
+    assert [r[0] for r in body] == ["on non-gap layers", "MSN†"]
+    for row in body:
+        for cell in row[1:]:
+            mean, sd = cell.split(" ± ")  # every cell: mean ± sd over both seeds
+            assert NUMBER.match(mean) and NUMBER.match(sd), row
+    scores = [json.loads((d / "results" / "bach-nongap.json").read_text()) for d in (out, seed1)]
+    x1 = [s["miou"]["x1"] for s in scores]
+    mean, sd = sum(x1) / 2, abs(x1[0] - x1[1]) / 2**0.5  # the sample sd of two numbers
+    shown = [float(v) for v in body[0][1].split(" ± ")]
+    assert shown == pytest.approx([100 * mean, 100 * sd], abs=0.0501)  # printed to 0.1
+    assert (out / "tables" / "table4.md").read_text().rstrip().endswith("mean ± sd over 2 runs")
+    assert (out / "tables.md").read_text().count("Table ") == 1  # what this run built

@@ -7,6 +7,9 @@ directly: one JSON object per epoch, ``epoch`` counted from 1 as the training lo
 of that run has the validation key (the header then says ``(train)``). The result is a
 :class:`~msn_cli.evaluation.compare.Comparison` (rows = epochs, one column per run and output),
 so it prints and writes like the result tables; :func:`msn_cli.plots.plot_curves` draws it.
+Runs given the same label (one training repeated with other seeds) share their columns: each
+cell is the mean ± sample sd over the runs that recorded that epoch, and the plot draws the
+mean.
 
 Example:
     >>> hist = [{"epoch": 1, "val_miou_x1": 0.30}, {"epoch": 2, "val_miou_x1": 0.41}]
@@ -26,7 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from msn_cli.errors import MsnError, MsnUsageError
-from msn_cli.evaluation.compare import STORE_FIELDS, Comparison, checked_names
+from msn_cli.evaluation.compare import (
+    STORE_FIELDS,
+    Comparison,
+    checked_names,
+    merged,
+    spread_or_none,
+)
 from msn_cli.io import checkpoints
 from msn_cli.io.checkpoints import HISTORY
 from msn_cli.vocab import OUTPUTS
@@ -55,18 +64,21 @@ def curve_names(names: Sequence[str]) -> list[str]:
 
 
 def run_labels(paths: Sequence[Path], labels: Sequence[str] | None) -> list[str]:
-    """``labels``, or each run's stage folder as given (the folder above a ``history.jsonl``)."""
-    if labels is not None:
-        if len(labels) != len(paths):
-            raise MsnUsageError("--labels", f"{len(labels)} label(s) for {len(paths)} run(s)")
-        names, option = list(labels), "--labels"
-    else:
-        names = [str(p.parent if p.name == HISTORY else p) for p in map(Path, paths)]
-        option = "RUNS"
-    for i, name in enumerate(names):
-        if name in names[:i]:
-            raise MsnUsageError(option, f"{name!r} names two runs; give each its own label")
-    return names
+    """``labels``, or each run's stage folder as given (the folder above a ``history.jsonl``).
+
+    Runs given the same label (the same training with other seeds) share columns: their mean
+    and sd per epoch. The same stage folder given twice is an error.
+    """
+    folders = [p.parent if p.name == HISTORY else p for p in map(Path, paths)]
+    seen = [f.resolve() for f in folders]
+    for i, f in enumerate(seen):
+        if f in seen[:i]:
+            raise MsnUsageError("RUNS", f"{folders[i]} given twice")
+    if labels is None:
+        return [str(f) for f in folders]
+    if len(labels) != len(paths):
+        raise MsnUsageError("--labels", f"{len(labels)} label(s) for {len(paths)} run(s)")
+    return list(labels)
 
 
 def _number(v: Any) -> float | None:
@@ -80,8 +92,7 @@ def curve_table(
 ) -> Comparison:
     """Rows = epochs (union over the runs shown), one column per (run, output) in that order."""
     names = curve_names(names)
-    headers: list[str] = []
-    series: list[dict[int, float | None]] = []
+    series: dict[str, list[dict[int, float | None]]] = {}  # header -> one curve per run
     for label, history in runs:
         for name in names:
             key = f"val_miou_{name}"
@@ -90,20 +101,28 @@ def curve_table(
                 key, suffix = f"train_miou_{name}", " (train)"
                 if not any(key in r for r in history):
                     continue
-            headers.append(f"{label} {STORE_FIELDS[name]}{suffix}")
-            series.append({r["epoch"]: _number(r.get(key)) for r in history})
+            header = f"{label} {STORE_FIELDS[name]}{suffix}"
+            series.setdefault(header, []).append({r["epoch"]: _number(r.get(key)) for r in history})
     if not series:
         shown = ", ".join(label for label, _ in runs)
         raise MsnError(
             None,
             f"no val_miou_/train_miou_ of {', '.join(names)} in the history of {shown}",
         )
-    epochs = sorted({e for s in series for e in s})
+    epochs = sorted({e for group in series.values() for s in group for e in s})
+    rows, spread = [], []
+    for e in epochs:
+        cells = [
+            merged([v for s in group if (v := s.get(e)) is not None]) for group in series.values()
+        ]
+        rows.append([e, *[mean for mean, _ in cells]])
+        spread.append([None, *[s for _, s in cells]])
     return Comparison(
         DEFAULT_TITLE if title is None else title,
-        ["Epoch", *headers],
-        [[e, *[s.get(e) for s in series]] for e in epochs],
+        ["Epoch", *series],
+        rows,
         ["count", *["percent"] * len(series)],
+        spread_or_none(spread),
     )
 
 
