@@ -68,10 +68,12 @@ def run_branches(
     if "x3" in want or "fusion" in want or not model.independent:
         meta = model.meta_features(x3)
         out["x3"], memory = meta.logits, meta.features
-    if "x1" in want or "fusion" in want:
-        out["x1"] = model.branch(x1, "x1", memory).logits
-    if "x2" in want or "fusion" in want:
-        out["x2"] = model.branch(x2, "x2", memory).logits
+    branches = {}
+    for which, x in (("x1", x1), ("x2", x2)):
+        if which in want or "fusion" in want:
+            branches[which] = model.branch(x, which, memory)
+            out[which] = branches[which].logits
     if "fusion" in want:
-        out["fusion"] = model.fuse(out["x1"], out["x2"], out["x3"], images=(x1, x2, x3))
+        images = (x1, x2, x3)
+        out["fusion"] = model.fuse_outputs(branches["x1"], branches["x2"], out["x3"], images)
     return {o: out[o] for o in want}

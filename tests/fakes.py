@@ -21,7 +21,8 @@ def random_checkpoints(
     **config,
 ) -> tuple[CheckpointDir, MSN]:
     """A checkpoint directory whose finished ``stages`` hold random weights (Meta-FM gets a
-    random stored σ*, so the fusion predicts without labels). ``config``: MSNConfig fields
+    random stored σ*, so the fusion predicts without labels; with ``sigma="pseudo"`` a
+    generator whose kernels depend on each patch's σ). ``config``: MSNConfig fields
     (default: BiSeNet at width 0.125, patch 32); ``branches="independent"`` makes a directory
     of experts (default stages: experts and fusion)."""
     torch.manual_seed(seed)
@@ -33,7 +34,10 @@ def random_checkpoints(
     ck = CheckpointDir(path)
     ck.write_card(ModelCard(cfg.to_dict(), list(classes)))
     if cfg.fusion == "meta" and "fusion" in stages:
-        model.store_sigma(torch.randn(model.sigma_dim))
+        if cfg.sigma == "fixed":
+            model.store_sigma(torch.randn(model.sigma_dim))
+        else:  # σ per patch: a generator that, as a trained one, depends on it
+            torch.nn.init.normal_(model.fusion.fc2.weight, std=0.5)
     for name in stages:
         st = ck.stage(name)
         if name != "experts":  # as training writes it: best.pt (here the final weights) first

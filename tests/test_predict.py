@@ -252,3 +252,32 @@ def test_independent_experts_predict_their_fusion_without_labels(env, tmp_path):
     assert np.array_equal(labels, expected)
     x2, _ = Predictor(config(ck.path, branch="x2"))(xs, False)
     assert x2.shape == labels.shape
+
+
+def test_pseudo_sigma_meta_fm_predicts_per_patch_without_labels(env, tmp_path):
+    """σ ``pseudo``: predict computes each patch's σ from its own argmax S1 (under the
+    predictor's inference mode, with no label anywhere) and fuses exactly like the model's
+    forward; the mask differs from one fused with a single σ for every patch."""
+    import torch
+
+    from msn_cli.runtime import to_input
+
+    d = env[0]
+    ck, model = random_checkpoints(tmp_path / "ck", None, 2, CLASSES, patch_size=P, sigma="pseudo")
+    assert ck.read_card().model["sigma"] == "pseudo"
+    job = PredictJob(d / "s.tif", tmp_path / "m.tif")
+    [res] = predict([job], config(ck.path))
+    assert res.status == "predicted" and read_description(job.out)["branch"] == "fusion"
+    rng = np.random.default_rng(1)
+    xs = [rng.integers(0, 256, (4, P, P, 3), dtype=np.uint8) for _ in range(3)]
+    labels, _ = Predictor(config(ck.path))(xs, False)
+    ts = [to_input(torch.from_numpy(x).permute(0, 3, 1, 2), torch.device("cpu")) for x in xs]
+    model.eval()
+    with torch.no_grad():
+        out = model(*ts)
+        mem = model.meta_features(ts[2])
+        o1, o2 = (model.branch(t, b, mem.features) for t, b in zip(ts, ("x1", "x2")))  # noqa: B905
+        one = model.pseudo_sigma(o1, o2).mean(0)  # one σ for all patches instead
+        shared = model.fuse(o1.logits, o2.logits, mem.logits, sigma=one.expand(4, -1))
+    assert np.array_equal(labels, out.s.argmax(1).numpy())
+    assert not torch.allclose(shared, out.s, atol=1e-4)

@@ -182,6 +182,48 @@ def test_fusion_cache_is_the_model_and_sigma_is_stored(trained, tmp_path):
     assert fused.shape == (2, 4, 64, 64) and torch.isfinite(fused).all()
 
 
+def test_fusion_pseudo_sigma_trains_on_each_patchs_own_label_free_sigma(trained, tmp_path):
+    """``--sigma pseudo``: every query patch's σ is cached from argmax S1 (no label), the same
+    σ the model computes at predict time; no σ* is stored; model.json records it."""
+    store, ck = trained[0], copy(trained, "memrm", tmp_path)
+    n = torch.get_num_threads()
+    train_fusion(FusionConfig(store, str(ck), epochs=1, sigma="pseudo", val_split="train", **TINY))
+    torch.set_num_threads(n)
+    model, _ = CheckpointDir(ck).load_model()
+    assert model.config.sigma == "pseudo" and model.pseudo and not bool(model.fusion.has_stored)
+    assert json.loads((ck / "fusion" / "config.json").read_text())["sigma"] == "pseudo"
+    held = json.loads((ck / "memrm" / "config.json").read_text())["held_out"]
+    ds = PatchDataset(store, split="sub-train")
+    slide, patches = next(iter(held.items()))
+    idx = [[k for k in range(len(ds)) if ds.locate(k) == (slide, p)][0] for p in patches[:2]]
+    batch = torch.utils.data.default_collate(ds.__getitems__(idx))  # fit rows 0 and 1
+    x = [to_input(batch[k], torch.device("cpu")) for k in ("x1", "x2", "x3")]
+    with torch.no_grad():
+        meta = model.meta_features(x[2])
+        out1, out2 = (model.branch(t, b, meta.features) for t, b in zip(x, ("x1", "x2")))  # noqa: B905
+        sigma = model.pseudo_sigma(out1, out2)
+    cache = ck / "fusion" / "cache"
+    p1, p2, q1, q2 = (
+        torch.from_numpy(np.load(cache / f"{k}.npy")[[0, 1]]) for k in ["p1", "p2", "q1", "q2"]
+    )
+    cached = sigma_from_gradients(OutputGradient(p1, q1), OutputGradient(p2, q2), per_sample=True)
+    assert torch.allclose(sigma, cached, atol=1e-5) and (q1 == 64 * 64).all()
+    record = json.loads((ck / "fusion" / "history.jsonl").read_text().splitlines()[-1])
+    assert record["val_miou_fusion"] is not None
+
+
+def test_fusion_sigma_option_is_checked(trained, tmp_path, msn_invoke):
+    store, ck = trained[0], copy(trained, "memrm", tmp_path)
+    for extra, what in (
+        (("--sigma", "adaptive"), "--sigma"),
+        (("--method", "conv", "--sigma", "pseudo"), "is Meta-FM's"),
+    ):
+        res = msn_invoke(*stage_args("train-fusion", store, ck, "--epochs", "1", *extra))
+        assert (
+            res.exit_code == 2 and what in res.stderr and len(res.stderr.strip().splitlines()) == 1
+        )
+
+
 @pytest.mark.parametrize(("method", "init"), [("conv", "he"), ("awmf", "average")])
 def test_comparison_fusions(trained, tmp_path, msn_invoke, method, init):
     store, ck = trained[0], copy(trained, "memrm", tmp_path)

@@ -227,6 +227,16 @@ def train_fusion(
             "or He-initialised (from scratch).",
         ),
     ] = "average",
+    sigma: Annotated[
+        str,
+        typer.Option(
+            "--sigma",
+            metavar="fixed|pseudo",
+            help="Meta-FM's σ: 'fixed' generates one pair of kernels from σ* of the fit set "
+            "(the paper); 'pseudo' gives every patch its own σ from its pseudo-labels "
+            "(argmax S1), label-free, the same in training and at predict time.",
+        ),
+    ] = "fixed",
     holdout_from: Annotated[
         str | None,
         typer.Option(

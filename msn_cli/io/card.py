@@ -9,7 +9,9 @@ normalise the images; a card without it (msn before pretrained encoders) means
 :data:`DEFAULT_NORMALIZE`. ``pretrained`` records the encoder weights ``train-meta
 --pretrained`` started from (``{"source", "file", "sha256"}``) or is null. ``model.crop``
 is the crop geometry the Mem-RMs were trained with (``receptive-field``, or ``centre``: msn
-0.1.0, and every card without the key), so a Mem-RM is never run with another.
+0.1.0, and every card without the key), so a Mem-RM is never run with another;
+``model.sigma`` is Meta-FM's σ at test time (``fixed``, the default and every card without
+the key, or ``pseudo``).
 
 Example:
     >>> parse_card({"schema_version": 1, "classes": "nbsi",
@@ -181,6 +183,8 @@ MODEL_SCHEMA = {
     "tune_experts": (_flag, False),
     # Mem-RM's crop geometry (models/msn.py CROPS); absent: msn 0.1.0's "centre"
     "crop": (_choice("receptive-field", "centre"), False),
+    # Meta-FM's σ at test time (models/fusion.py SIGMAS); absent: "fixed"
+    "sigma": (_choice("fixed", "pseudo"), False),
 }
 
 

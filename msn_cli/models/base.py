@@ -187,10 +187,17 @@ class SegmentationBackbone(nn.Module):
         b = penultimate.shape[0]
         wo = self.classifier
         device_type = penultimate.device.type
-        with torch.enable_grad(), torch.autocast(device_type, enabled=False):
+        # Under predict's inference_mode too (σ "pseudo"): normal tensors, a graph, float32.
+        with (
+            torch.inference_mode(False),
+            torch.enable_grad(),
+            torch.autocast(device_type, enabled=False),
+        ):
             w = wo.weight.detach().float().unsqueeze(0).repeat(b, 1, 1, 1, 1).requires_grad_()
             bias = wo.bias.detach().float().unsqueeze(0).repeat(b, 1).requires_grad_()
-            logits = self.head(penultimate.detach().float(), size=size, weight=w, bias=bias)
+            pen = penultimate.detach().float().clone()
+            target = target.detach().clone()
+            logits = self.head(pen, size=size, weight=w, bias=bias)
             if transform is not None:
                 logits = transform(logits)
             if tuple(logits.shape[-2:]) != tuple(target.shape[-2:]):

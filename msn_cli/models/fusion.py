@@ -11,7 +11,13 @@ fused logits S.
   averages the branches whatever σ is. For inference, the weights generated from σ* (over the
   whole support set: :func:`sigma_from_gradients` of every support patch's
   :class:`~msn_cli.models.base.OutputGradient`) are stored as buffers by :meth:`store` and
-  used whenever no σ is given: predicting needs no label.
+  used whenever no σ is given: predicting needs no label. That is σ ``fixed``: at test time
+  the deployed Meta-FM is one fixed pair of convolutions. σ ``pseudo`` (``train-fusion --sigma
+  pseudo``, ``model.json``'s ``sigma``) instead gives every patch its own σ, computed with the
+  X1 branch's own prediction argmax(S1) as the label (no label needed, so it is computed the
+  same way in training episodes and at predict time: :meth:`MSN.pseudo_sigma
+  <msn_cli.models.msn.MSN.pseudo_sigma>`), and the generator also sees σ's magnitude
+  (``magnitude=True``: log of its root-mean-square, an extra input), not only its direction.
 * :class:`AWMFFusion` (AWMF-CNN's fusion, Tokunaga et al., CVPR 2019): a weighting CNN scores
   the three experts from the images, an aggregating CNN refines their weighted, aligned
   probabilities (sizes: :mod:`msn_cli.models.awmf`, which builds the whole AWMF-CNN).
@@ -43,6 +49,7 @@ from msn_cli.models.resnet import resnet
 
 __all__ = [
     "FUSION_INITS",
+    "SIGMAS",
     "AWMFFusion",
     "ConvFusion",
     "MetaFusion",
@@ -54,6 +61,11 @@ __all__ = [
 
 #: How a fresh fusion starts (module docstring); the first is the default of every fusion.
 FUSION_INITS = ("average", "he")
+#: Meta-FM's σ at test time (module docstring): σ* of the fit set, or per patch from
+#: pseudo-labels; the first is the default.
+SIGMAS = ("fixed", "pseudo")
+#: The magnitude input is ``log(rms(σ)) / MAGNITUDE_SCALE`` (about -1..0 for usual σ).
+MAGNITUDE_SCALE = 10.0
 
 
 def _check_init(init: str) -> str:
@@ -151,6 +163,8 @@ class MetaFusion(nn.Module):
         hidden: width of the hidden FC layer (9: see :mod:`msn_cli.models.summary`).
         init_scale: relative scale of the last FC's initial weights.
         init: the kernels the last FC's bias holds: ``"average"`` or ``"he"``.
+        magnitude: also feed the generator σ's magnitude (``log(rms(σ))``, one more input
+            after the normalised σ); σ ``pseudo`` models have it.
     """
 
     def __init__(
@@ -160,14 +174,15 @@ class MetaFusion(nn.Module):
         hidden: int = 9,
         init_scale: float = 1e-3,
         init: str = "average",
+        magnitude: bool = False,
     ) -> None:
         super().__init__()
         if sigma_dim < 1 or hidden < 1:
             raise ValueError(f"sigma_dim and hidden must be >= 1, got {sigma_dim}, {hidden}")
         self.num_classes, self.sigma_dim, self.init_scale = int(num_classes), sigma_dim, init_scale
-        self.init = _check_init(init)
+        self.init, self.magnitude = _check_init(init), bool(magnitude)
         self.sizes = [int(torch.Size(s).numel()) for s in _shapes(num_classes)]
-        self.fc1 = nn.Linear(sigma_dim, hidden)
+        self.fc1 = nn.Linear(sigma_dim + int(self.magnitude), hidden)
         self.fc2 = nn.Linear(hidden, sum(self.sizes))
         self.register_buffer("stored", torch.zeros(sum(self.sizes)))
         self.register_buffer("has_stored", torch.zeros((), dtype=torch.bool))
@@ -195,8 +210,26 @@ class MetaFusion(nn.Module):
             raise ValueError(
                 f"σ must be (D,) or (B, D) with D={self.sigma_dim}, got {tuple(sigma.shape)}"
             )
-        sigma = self.normalise(sigma.to(self.fc1.weight.dtype))
-        return self.fc2(F.relu(self.fc1(sigma)))
+        sigma = sigma.to(self.fc1.weight.dtype)
+        inputs = self.normalise(sigma)
+        if self.magnitude:
+            inputs = torch.cat([inputs, self.log_magnitude(sigma)], dim=-1)
+        return self.fc2(F.relu(self.fc1(inputs)))
+
+    @staticmethod
+    def log_magnitude(sigma: Tensor, tiny: float = 1e-30) -> Tensor:
+        """``log(rms(σ)) / MAGNITUDE_SCALE`` per row, shape (..., 1), computed without
+        underflow (the largest magnitude is divided out first); an all-zero σ gives
+        ``log(tiny) / MAGNITUDE_SCALE``.
+
+        Example:
+            >>> v = MetaFusion.log_magnitude(torch.full((2, 4), 1e-3))
+            >>> round(float(v[0, 0]), 4), tuple(v.shape)
+            (-0.6908, (2, 1))
+        """
+        top = sigma.abs().amax(-1, keepdim=True).clamp_min(tiny)
+        rms = top * (sigma / top).pow(2).mean(-1, keepdim=True).sqrt()
+        return torch.log(rms.clamp_min(tiny)) / MAGNITUDE_SCALE
 
     def kernels(self, flat: Tensor) -> list[Tensor]:
         """Split flat generated weights into ``[w1, b1, w2, b2]`` (leading batch dim kept)."""

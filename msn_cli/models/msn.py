@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from msn_cli.models.base import BackboneOutput, MSNOutput, OutputGradient
-from msn_cli.models.fusion import AWMFFusion, ConvFusion, MetaFusion
+from msn_cli.models.fusion import SIGMAS, AWMFFusion, ConvFusion, MetaFusion, sigma_from_gradients
 from msn_cli.models.memory import MemoryRecall, crop_center, magnification_ratio
 from msn_cli.models.registry import backbone_spec, build_backbone
 from msn_cli.vocab import BRANCHES, IGNORE
@@ -73,6 +73,7 @@ class MSNConfig:
     branches: str = "shared"
     tune_experts: bool = False
     crop: str = "receptive-field"
+    sigma: str = "fixed"
 
     def __post_init__(self) -> None:
         spec = backbone_spec(self.backbone)
@@ -95,6 +96,10 @@ class MSNConfig:
             raise ValueError(f"branches must be one of {BRANCH_KINDS}, got {self.branches!r}")
         if self.crop not in CROPS:
             raise ValueError(f"crop must be one of {CROPS}, got {self.crop!r}")
+        if self.sigma not in SIGMAS:
+            raise ValueError(f"sigma must be one of {SIGMAS}, got {self.sigma!r}")
+        if self.sigma != "fixed" and self.fusion != "meta":
+            raise ValueError(f"sigma {self.sigma!r} is Meta-FM's; fusion is {self.fusion!r}")
         if self.branches == "independent":
             if self.gap_layers:
                 raise ValueError("independent branches have no gap layers (no Mem-RM)")
@@ -175,7 +180,11 @@ class MSN(nn.Module):
         self.sigma_dim = 2 * self.meta_branch.output_size
         if config.fusion == "meta":
             self.fusion: nn.Module = MetaFusion(
-                nc, self.sigma_dim, hidden=config.meta_hidden, init=fusion_init
+                nc,
+                self.sigma_dim,
+                hidden=config.meta_hidden,
+                init=fusion_init,
+                magnitude=config.sigma == "pseudo",
             )
         elif config.fusion == "conv":
             self.fusion = ConvFusion(nc, init=fusion_init)
@@ -317,14 +326,46 @@ class MSN(nn.Module):
         s2a, s3a = self.align(s2, "x2", size), self.align(s3, "x3", size)
         return self.fusion(s1, s2a, s3a, images=images, sigma=sigma)
 
+    @property
+    def pseudo(self) -> bool:
+        """Meta-FM with σ ``pseudo``: each patch's own σ from its pseudo-labels."""
+        return self.config.fusion == "meta" and self.config.sigma == "pseudo"
+
+    def pseudo_gradients(
+        self, out1: BackboneOutput, out2: BackboneOutput
+    ) -> tuple[OutputGradient, OutputGradient]:
+        """:meth:`output_gradients` with argmax(S1) as the label of every pixel: no label."""
+        return self.output_gradients(out1, out2, out1.logits.detach().argmax(1))
+
+    def pseudo_sigma(self, out1: BackboneOutput, out2: BackboneOutput) -> Tensor:
+        """Per-patch σ (B, D) from pseudo-labels (σ ``pseudo``, module docstring of
+        :mod:`msn_cli.models.fusion`): the same at training and at predict time."""
+        return sigma_from_gradients(*self.pseudo_gradients(out1, out2), per_sample=True)
+
+    def fuse_outputs(
+        self,
+        out1: BackboneOutput,
+        out2: BackboneOutput,
+        s3: Tensor,
+        images: Sequence[Tensor] | None = None,
+    ) -> Tensor:
+        """Fused logits from the X1 and X2 branch outputs (their penultimate tensors give σ
+        ``pseudo``) and X3's logits; σ ``fixed``: the stored σ* kernels."""
+        sigma = self.pseudo_sigma(out1, out2) if self.pseudo else None
+        return self.fuse(out1.logits, out2.logits, s3, images=images, sigma=sigma)
+
     def forward(self, x1: Tensor, x2: Tensor, x3: Tensor, sigma: Tensor | None = None) -> MSNOutput:
         """All branches and the fusion. Meta-FM uses ``sigma`` (from a *support* batch,
-        never the labels of this batch) or, when None, the stored σ* kernels."""
+        never the labels of this batch) or, when None, the stored σ* kernels (σ ``fixed``)
+        or each patch's pseudo-label σ (σ ``pseudo``)."""
         out3 = self.meta_features(x3)
-        s1 = self.branch(x1, "x1", out3.features).logits
-        s2 = self.branch(x2, "x2", out3.features).logits
-        s = self.fuse(s1, s2, out3.logits, images=(x1, x2, x3), sigma=sigma)
-        return MSNOutput(s1, s2, out3.logits, s)
+        out1 = self.branch(x1, "x1", out3.features)
+        out2 = self.branch(x2, "x2", out3.features)
+        if sigma is None:
+            s = self.fuse_outputs(out1, out2, out3.logits, images=(x1, x2, x3))
+        else:
+            s = self.fuse(out1.logits, out2.logits, out3.logits, images=(x1, x2, x3), sigma=sigma)
+        return MSNOutput(out1.logits, out2.logits, out3.logits, s)
 
     def _memrm(self, which: str) -> nn.ModuleDict:
         if which not in ("x1", "x2"):

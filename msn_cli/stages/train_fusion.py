@@ -14,7 +14,11 @@ Meta-FM episodes: for each query batch (the shuffled loader), a support batch of
 size is drawn (seeded by seed, epoch, step, rank) from the other fit patches; σ comes from the
 support batch, the loss L(S, Y1) from the query batch: no query label reaches the weights.
 After each epoch σ* over the whole fit (support) set is stored (``model.store_sigma``), so the
-checkpoint predicts without labels. ``--method conv|awmf`` train the comparison fusions
+checkpoint predicts without labels. ``--sigma pseudo`` instead gives each query patch its
+own σ, from its pseudo-labels argmax(S1) (``p1 p2 q1 q2`` in the cache: the parts of
+``g1 g2 c1 c2`` with that label), exactly as ``predict`` computes it, so no label reaches the
+weights either and nothing is stored; the cached σ is the un-augmented patch's.
+``--method conv|awmf`` train the comparison fusions
 (AWMF reads the three images too). The fit set is the split, or by default the patches
 ``train-memrm --holdout`` held out (docs/architecture.md §4); with ``--experts``, the whole
 split, or with ``--holdout-from DIR`` the patches DIR's train-memrm held out, so that
@@ -98,7 +102,9 @@ def train_fusion(cfg: FusionConfig) -> StageResult:
         card = ck.read_card()
         trainer = Trainer(ck, "fusion", ctx, cfg, {**cfg.to_dict(), "holdout": use_holdout})
         trainer.start()
-        mcfg = replace(card.config(), fusion=cfg.method, tune_experts=cfg.alternate)
+        mcfg = replace(
+            card.config(), fusion=cfg.method, tune_experts=cfg.alternate, sigma=cfg.sigma
+        )
         new_card = replace(card, model=mcfg.to_dict())
         if ctx.is_main and new_card != card:
             ck.write_card(new_card)
@@ -140,10 +146,15 @@ def _fusion(trainer: Trainer, model, card: ModelCard, ds, fit, frozen: tuple[str
     def epochs() -> Epochs:
         cache = _branch_cache(trainer, model, ds, fit, frozen, card)
         cached_logits = "s1" in cache.arrays
-        parts = [
-            OutputGradient(*(torch.from_numpy(cache.load(k)).to(ctx.device) for k in (g, c)))
-            for g, c in (("g1", "c1"), ("g2", "c2"))
-        ]
+
+        def gradients(*names: tuple[str, str]) -> list[OutputGradient]:
+            def load(key: str) -> torch.Tensor:
+                return torch.from_numpy(cache.load(key)).to(ctx.device)
+
+            return [OutputGradient(load(g), load(c)) for g, c in names]
+
+        parts = gradients(("g1", "c1"), ("g2", "c2"))  # σ vs Y1: support sets (fixed)
+        pseudo = gradients(("p1", "q1"), ("p2", "q2")) if model.pseudo else None
         need = [] if cached_logits and cfg.method != "awmf" else list(BRANCHES)
         aug = Augment(cfg.seed, flips=cfg.augment, jitter=0.0)
         train = FitView(
@@ -164,9 +175,11 @@ def _fusion(trainer: Trainer, model, card: ModelCard, ds, fit, frozen: tuple[str
             else:
                 with torch.no_grad():
                     s = _branch_logits(model, *x)
-            sigma = None
-            if cfg.method == "meta":
-                sigma = _support_sigma(parts, batch["row"].numpy(), len(fit), cfg, ctx, counter)
+            sigma, rows = None, batch["row"].numpy()
+            if pseudo is not None:  # the query patches' own label-free σ, as at predict
+                sigma = _sigma(pseudo, torch.from_numpy(rows).to(ctx.device), per_sample=True)
+            elif cfg.method == "meta":
+                sigma = _support_sigma(parts, rows, len(fit), cfg, ctx, counter)
             fused = step_net(*s, x if cfg.method == "awmf" else None, sigma)
             counter["step"] += 1
             return {"loss_fusion": segmentation_loss(fused, y1)}, {"fusion": (fused, y1)}
@@ -180,7 +193,8 @@ def _fusion(trainer: Trainer, model, card: ModelCard, ds, fit, frozen: tuple[str
         def store_sigma() -> None:  # σ* over the whole fit (support) set
             model.store_sigma(_sigma(parts, slice(None)))
 
-        return Epochs(train, phase, store_sigma if cfg.method == "meta" else None)
+        fixed = cfg.method == "meta" and not model.pseudo
+        return Epochs(train, phase, store_sigma if fixed else None)
 
     validation = Validation(model, (*frozen, "fusion"), ("x1", "fusion"))
     return Plan(
@@ -231,9 +245,11 @@ def _holdout_from(cfg: FusionConfig, spec) -> tuple[dict, bool]:
     return held, True
 
 
-def _sigma(parts: Sequence[OutputGradient], rows) -> torch.Tensor:
-    """σ (Eq. 3) of the fit patches ``rows`` from the cached per-patch parts (X1, X2)."""
-    return sigma_from_gradients(*(OutputGradient(g.grad_sum[rows], g.count[rows]) for g in parts))
+def _sigma(parts: Sequence[OutputGradient], rows, per_sample: bool = False) -> torch.Tensor:
+    """σ (Eq. 3) of the fit patches ``rows`` from the cached per-patch parts (X1, X2): their
+    mean (D,), or each patch's own (len(rows), D) with ``per_sample``."""
+    picked = (OutputGradient(g.grad_sum[rows], g.count[rows]) for g in parts)
+    return sigma_from_gradients(*picked, per_sample=per_sample)
 
 
 def _support_sigma(parts, query: np.ndarray, n: int, cfg, ctx: Context, counter) -> torch.Tensor:
@@ -261,6 +277,9 @@ def _branch_cache(trainer: Trainer, model, ds, fit, frozen, card: ModelCard) -> 
     d = head.output_size
     arrays = {"g1": ((d,), "float32"), "g2": ((d,), "float32"), "c1": ((), "int64")}
     arrays["c2"] = ((), "int64")
+    if model.pseudo:  # σ "pseudo": the same parts with argmax S1 as the label
+        arrays.update({"p1": ((d,), "float32"), "p2": ((d,), "float32")})
+        arrays.update({"q1": ((), "int64"), "q2": ((), "int64")})
     logits = {k: (low, "float16") for k in LOGITS}
     n = len(fit)
     if ArrayCache(stage.cache, logits, n).nbytes <= cfg.cache_gb * 1e9:
@@ -268,7 +287,8 @@ def _branch_cache(trainer: Trainer, model, ds, fit, frozen, card: ModelCard) -> 
     else:
         log.info("branch-logit cache over --cache-gb %g: recomputing them per batch", cfg.cache_gb)
     cache = ArrayCache(stage.cache, arrays, n)
-    weights = [trainer.ck.stage(s).weights for s in frozen]
+    built = trainer.ck.built_on("fusion")  # the files the frozen branches were loaded from
+    weights = [built[s] for s in frozen]
     key = cache_key(
         *weights, card.model["gap_layers"], card.model.get("crop"), sorted(arrays), ds.url
     )
@@ -291,6 +311,9 @@ def _branch_cache(trainer: Trainer, model, ds, fit, frozen, card: ModelCard) -> 
             g1, g2 = model.output_gradients(out1, out2, y1)
             rows = batch["row"].numpy()
             vals = {"g1": g1.grad_sum, "g2": g2.grad_sum, "c1": g1.count, "c2": g2.count}
+            if model.pseudo:
+                p1, p2 = model.pseudo_gradients(out1, out2)
+                vals.update(p1=p1.grad_sum, p2=p2.grad_sum, q1=p1.count, q2=p2.count)
             if "s1" in arrays:
                 for k, out in zip(LOGITS, (out1, out2, meta), strict=True):
                     vals[k] = model.branch_net("x" + k[1]).head(out.penultimate.float())

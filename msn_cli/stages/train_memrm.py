@@ -250,7 +250,7 @@ def _meta_feature_cache(
             cfg.cache_gb,
         )
         return None
-    weights = trainer.ck.stage("meta").weights
+    weights = trainer.ck.built_on("memrm")["meta"]  # the file the frozen meta-branch is
     key = cache_key(
         weights, sorted(arrays), ds.url, ds.slide_names, fit.tolist(), *normalization_part(norm)
     )

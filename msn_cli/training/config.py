@@ -19,6 +19,7 @@ METHODS = ("meta", "conv", "awmf")
 #: ``FUSION_INITS``), the default first; repeated here so that ``--help`` imports no torch.
 CROPS = ("receptive-field", "centre")
 FUSION_INITS = ("average", "he")
+SIGMAS = ("fixed", "pseudo")  # models/fusion.py SIGMAS
 
 
 @dataclass
@@ -133,6 +134,8 @@ class FusionConfig(TrainConfig):
     #: with ``experts``: fit on the patches this MSN directory's train-memrm held out, the
     #: fit set of that MSN's own fusion (Table 3 compares fusions fitted on the same patches)
     holdout_from: str | None = None
+    #: Meta-FM's σ: ``fixed`` (σ* of the fit set) or ``pseudo`` (per patch, from argmax S1)
+    sigma: str = "fixed"
 
     def validate(self) -> None:
         super().validate()
@@ -142,6 +145,10 @@ class FusionConfig(TrainConfig):
             raise MsnUsageError(
                 "--fusion-init", f"{self.fusion_init!r} is not one of {', '.join(FUSION_INITS)}"
             )
+        if self.sigma not in SIGMAS:
+            raise MsnUsageError("--sigma", f"{self.sigma!r} is not one of {', '.join(SIGMAS)}")
+        if self.sigma != "fixed" and self.method != "meta":
+            raise MsnUsageError("--sigma", f"is Meta-FM's; --method {self.method} has no σ")
         if self.holdout_from is not None:
             if self.experts is None:
                 raise MsnUsageError(

@@ -51,7 +51,7 @@ def _sources(dirs: list[str], spec: StoreSpec, url: str) -> tuple[list[ModelCard
                     f"{first.normalize}; the three experts must share it",
                 )
         cards.append(card)
-        weights = sck.stage("meta").weights
+        weights = sck.stage("meta").selected
         recorded[which] = {
             "checkpoints": str(src),
             "trained_on": card.input,
@@ -105,7 +105,7 @@ def write_experts(ck: CheckpointDir, dirs: list[str], recorded: dict) -> None:
     mcfg = MSNConfig(**{k: first.model[k] for k in ARCH_KEYS}, branches="independent")
     model = MSN(mcfg)
     for which, src in zip(BRANCHES, dirs, strict=True):
-        weights = CheckpointDir(src).stage("meta").weights
+        weights = CheckpointDir(src).stage("meta").selected
         try:
             model.branch_net(which).load_state_dict(load_checkpoint_file(weights))
         except (RuntimeError, KeyError, TypeError, AttributeError) as exc:

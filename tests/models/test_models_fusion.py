@@ -189,3 +189,64 @@ def test_msn_starts_every_fusion_alike() -> None:
     torch.testing.assert_close(fused[0], fused[1])
     he = MSN(replace(cfg, fusion="conv"), fusion_init="he").eval()
     assert he.fusion.init == "he" and not torch.allclose(he.fuse(s1, s2, s3), fused[1])
+
+
+def test_meta_fm_sees_the_magnitude_of_sigma_with_pseudo() -> None:
+    """σ ``pseudo`` models (``magnitude=True``) feed log(rms σ) besides σ's direction: two σ of
+    one direction but other sizes give other kernels; without it, the same kernels."""
+    torch.manual_seed(0)
+    small = torch.randn(24) * 1e-4
+    plain, sized = MetaFusion(NC, 24), MetaFusion(NC, 24, magnitude=True)
+    assert sized.fc1.in_features == 25 and plain.fc1.in_features == 24
+    for net in (plain, sized):
+        torch.nn.init.normal_(net.fc2.weight)  # a trained generator, not the small start
+    torch.testing.assert_close(plain.generate(small), plain.generate(small * 100))
+    assert not torch.allclose(sized.generate(small), sized.generate(small * 100), atol=1e-3)
+    mag = MetaFusion.log_magnitude(torch.stack([small, small * 100, torch.zeros(24)]))
+    rms = small.pow(2).mean().sqrt()
+    torch.testing.assert_close(mag[:2, 0], torch.log(torch.stack([rms, rms * 100])) / 10)
+    assert torch.isfinite(mag).all()  # an all-zero σ too
+    s1, s2 = _maps()  # a fresh one still starts as the average, whatever σ's size
+    fresh = MetaFusion(NC, 24, magnitude=True)
+    avg = ConvFusion(NC, init="average")(s1, s2)
+    for sigma in (small, small * 1e6, torch.zeros(24)):
+        torch.testing.assert_close(fresh(s1, s2, sigma=sigma), avg, atol=0.02, rtol=0)
+
+
+def test_pseudo_sigma_is_per_patch_and_label_free() -> None:
+    """σ ``pseudo``: each patch's σ is output_gradients against argmax S1, so the forward
+    needs no label, works under inference_mode (predict) and under no_grad, and gives
+    different patches different kernels."""
+    from msn_cli.inference import run_branches
+    from msn_cli.io.card import ModelCard
+    from msn_cli.models.msn import MSN, MSNConfig
+
+    torch.manual_seed(0)
+    cfg = MSNConfig(backbone="bisenet", width=0.125, num_classes=NC, patch_size=32, sigma="pseudo")
+    net = MSN(cfg).eval()
+    torch.nn.init.normal_(net.fusion.fc2.weight, std=0.5)  # as if trained: σ matters
+    x1, x2, x3 = (torch.randn(3, 3, 32, 32) for _ in range(3))
+    with torch.no_grad():
+        mem = net.meta_features(x3)
+        out1, out2 = net.branch(x1, "x1", mem.features), net.branch(x2, "x2", mem.features)
+        pseudo = out1.logits.argmax(1)
+        g1, g2 = net.output_gradients(out1, out2, pseudo)
+        want_sigma = sigma_from_gradients(g1, g2, per_sample=True)
+        sigma = net.pseudo_sigma(out1, out2)
+        want = net.fuse(out1.logits, out2.logits, mem.logits, sigma=want_sigma)
+    torch.testing.assert_close(sigma, want_sigma)
+    assert sigma.shape == (3, net.sigma_dim) and not torch.allclose(sigma[0], sigma[1])
+    kernels = net.fusion.generate(sigma)
+    assert not torch.allclose(kernels[0], kernels[1])  # each patch its own fusion
+    card = ModelCard(cfg.to_dict(), ["a", "b", "c"])
+    stages = ("meta", "memrm", "fusion")
+    with torch.inference_mode():  # the predictor's mode
+        got = run_branches(net, stages, card, x1, x2, x3, outputs=("fusion",))["fusion"]
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(net(x1, x2, x3).s, want)  # forward without σ: the same
+    assert not bool(net.fusion.has_stored)
+    fixed = MSN(replace(cfg, sigma="fixed"))
+    with pytest.raises(ValueError, match="no σ given and no stored"):
+        fixed(x1, x2, x3)
+    with pytest.raises(ValueError, match="is Meta-FM's"):
+        replace(cfg, fusion="conv")
