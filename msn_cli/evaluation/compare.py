@@ -48,7 +48,7 @@ from typing import Any
 
 from msn_cli.errors import MsnError, MsnUsageError
 from msn_cli.io.atomic import atomic_write_text
-from msn_cli.vocab import OUTPUTS
+from msn_cli.vocab import ALIGNED, OUTPUTS
 
 #: ``--columns`` names and their headers, in the paper's order.
 STORE_FIELDS = {
@@ -66,7 +66,7 @@ DEFAULT_COLUMNS = ("params", *OUTPUTS)
 _PARAM_KEYS = {"params": "params_m", "fusion-params": "fusion_params_m"}
 #: mIoU columns whose key in the result's ``miou`` is not the column's name: S2′ = up(crop(S2))
 #: and S3′ scored against Y1 (results written before these existed have no such key: null).
-ALIGNED_KEYS = {"x2y1": "x2@y1", "x3y1": "x3@y1"}
+ALIGNED_KEYS = {"x2y1": ALIGNED["x2"], "x3y1": ALIGNED["x3"]}
 
 
 @dataclass(frozen=True)
