@@ -28,5 +28,9 @@ OUTPUTS = (*BRANCHES, "fusion")
 #: against Y1 (it predicts at X1's pixels).
 TARGETS: dict[str, str] = {"x1": "y1", "x2": "y2", "x3": "y3", "fusion": "y1"}
 
+#: S2′ and S3′: the X2 and X3 branches' maps aligned into X1's frame (up(crop(S)), as the
+#: fusion sees them), scored against Y1 like the fusion; each one's key in a store result.
+ALIGNED: dict[str, str] = {"x2": "x2@y1", "x3": "x3@y1"}
+
 #: The label key of each branch.
 LABEL_OF: dict[str, str] = dict(zip(BRANCHES, LABELS, strict=True))

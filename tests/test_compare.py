@@ -192,6 +192,10 @@ def test_curve_cli_labels_missing_history_and_plot(tmp_path, msn_invoke):
         (["--compare", "{r}", "--curve", "x1,best"], "--curve"),
         (["--compare", "{s}", "--columns", "x1"], "--columns"),
         (["--compare", "{s}", "{s}", "--labels", "a,a"], "--labels"),
+        (["--versus", "MSN,MSN"], "--versus"),
+        (["--compare", "{r}", "--curve", "x1", "--versus", "MSN,MSN"], "--versus"),
+        (["--compare", "{r}", "--versus", "MSN,X"], "--versus"),
+        (["--compare", "{r}", "--json", "{r}"], "--json"),
     ],
 )
 def test_usage_errors_exit_2_with_one_line(tmp_path, msn_invoke, args, option):
@@ -364,3 +368,122 @@ def test_curves_of_seeds_share_columns_mean_and_sd(tmp_path):
     assert t.cells() == [["1", "32.0 ± 2.8", "20.0 (n=1)"], ["2", "40.0 (n=1)", "-"]]
     assert t.note == "mean ± sd over 2 runs; (n=k): over k runs"
     assert png.stat().st_size > 5000  # the plot draws the means
+
+
+def _shown(cell, runs):
+    """A printed mIoU cell from its JSON ``{"mean", "sd", "n"}`` (``-`` for null)."""
+    if cell is None:
+        return "-"
+    text = f"{100 * cell['mean']:.1f}"
+    text += "" if cell["sd"] is None else f" ± {100 * cell['sd']:.1f}"
+    return text + (f" (n={cell['n']})" if cell["n"] < runs else "")
+
+
+def test_compare_json_writes_the_printed_table(seeds, tmp_path, msn_invoke):
+    out = tmp_path / "table.json"
+    cols = "params,x1,fusion"
+    res = msn_invoke("evaluate", "--compare", *seeds, "--columns", cols, "--json", out)
+    assert res.exit_code == 0, res.output
+    data = json.loads(out.read_text())
+    printed = compare_results(seeds, columns=cols.split(",")).cells()
+    assert data["title"] == "mIoU (%) on split test"
+    assert data["columns"] == ["Method", "# Parm (M)", "X1", "Fusion"]
+    runs = max(c["n"] for r in data["rows"] for c in (r["X1"], r["Fusion"]) if c)
+    assert runs == 3
+    from_json = [
+        [r["Method"], f"{r['# Parm (M)']:.1f}", _shown(r["X1"], runs), _shown(r["Fusion"], runs)]
+        for r in data["rows"]
+    ]
+    assert (
+        from_json
+        == printed
+        == [
+            ["MSN", "15.6", "43.0 ± 3.6", "51.0 ± 1.4 (n=2)"],
+            ["BiSeNet", "12.8", "40.1 (n=1)", "-"],
+        ]
+    )
+    for cell in printed[0] + printed[1][:3]:
+        assert cell in res.stdout
+    assert data["rows"][0]["Fusion"] == {"mean": pytest.approx(0.51), "sd": pytest.approx(
+        0.02 / 2**0.5), "n": 2}  # fmt: skip
+    # one run per cell: n 1, sd null, as printed (no ±)
+    one = tmp_path / "one.json"
+    res = msn_invoke("evaluate", "--compare", seeds[0], seeds[1], "--json", one)
+    assert res.exit_code == 0, res.output
+    row = json.loads(one.read_text())["rows"][0]
+    assert row["X1"] == {"mean": 0.40, "sd": None, "n": 1} and "±" not in res.stdout
+    # never over an input run
+    before = seeds[2].read_text()
+    res = msn_invoke("evaluate", "--compare", *seeds, "--json", seeds[2])
+    assert res.exit_code == 2 and seeds[2].read_text() == before
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--json" in lines[0] and "refusing to overwrite" in lines[0]
+
+
+def test_compare_curve_json_and_its_histories_are_inputs(tmp_path, msn_invoke):
+    a = history(tmp_path / "a" / "memrm", {"epoch": 1, "val_miou_x1": 0.3})
+    b = history(tmp_path / "b" / "memrm", {"epoch": 1, "val_miou_x1": 0.4})
+    out = tmp_path / "c.json"
+    args = ["evaluate", "--compare", a, b, "--curve", "x1", "--labels", "S,S"]
+    res = msn_invoke(*args, "--json", out)
+    assert res.exit_code == 0, res.output
+    data = json.loads(out.read_text())
+    assert data["columns"] == ["Epoch", "S X1"] and data["rows"][0]["Epoch"] == 1
+    assert data["rows"][0]["S X1"]["n"] == 2 and "35.0 ± 7.1" in res.stdout
+    res = msn_invoke(*args, "--json", a / "history.jsonl")
+    assert res.exit_code == 2 and "refusing to overwrite" in res.stderr
+    assert json.loads((a / "history.jsonl").read_text())["val_miou_x1"] == 0.3
+
+
+@pytest.fixture
+def rows(tmp_path):
+    """Runs whose rows differ in known ways (X1): A 80 ± 1, B 75 ± 2, D 79 ± 3 (three runs
+    each), E 70 (one run), and a method name holding a comma."""
+    values = {
+        "A": (0.80, 0.81, 0.79),
+        "B": (0.75, 0.77, 0.73),
+        "D": (0.82, 0.76, 0.79),
+        "E": (0.70,),
+        "MSN (b, conv)": (0.60, 0.62),
+    }
+    return [
+        write(tmp_path / f"{i}{k}.json", store(label, x1=v))
+        for i, (label, vs) in enumerate(values.items())
+        for k, v in enumerate(vs)
+    ]
+
+
+def test_versus_prints_row_a_against_row_b(rows, msn_invoke):
+    def versus(pair, *more):
+        res = msn_invoke("evaluate", "--compare", *rows, "--columns", "x1", "--versus", pair, *more)
+        assert res.exit_code == 0, res.output
+        return [line for line in res.stdout.splitlines() if line.startswith("X")]
+
+    assert versus("A,B") == ["X1: A 80.0 ± 1.0 vs B 75.0 ± 2.0: +5.0, separated (sd 2.0)"]
+    assert versus("A,D") == ["X1: A 80.0 ± 1.0 vs D 79.0 ± 3.0: +1.0, not separated (sd 3.0)"]
+    assert versus("E,A") == ["X1: E 70.0 vs A 80.0 ± 1.0: -10.0, one run (no sd)"]
+    assert versus("MSN (b, conv),E") == [
+        "X1: MSN (b, conv) 61.0 ± 1.4 vs E 70.0: -9.0, one run (no sd)"
+    ]
+    res = msn_invoke("evaluate", "--compare", *rows, "--versus", "B,A")  # every mIoU column
+    assert res.exit_code == 0, res.output
+    lines = [line for line in res.stdout.splitlines() if line.startswith(("X", "Fusion"))]
+    assert lines == [
+        "X1: B 75.0 ± 2.0 vs A 80.0 ± 1.0: -5.0, separated (sd 2.0)",
+        "X2: B - vs A -: missing",
+        "X3: B - vs A -: missing",
+        "Fusion: B - vs A -: missing",
+    ]
+
+
+@pytest.mark.parametrize("pair", ["A,Z", "A", "A,B,C", "A,A", ""])
+def test_versus_of_a_row_not_in_the_table_is_one_line_naming_the_rows(
+    rows, msn_invoke, tmp_path, pair
+):
+    out = tmp_path / "t.json"
+    res = msn_invoke("evaluate", "--compare", *rows, "--versus", pair, "--json", out)
+    assert res.exit_code == 2, res.output
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("msn: error: --versus"), res.stderr
+    assert "(rows: A, B, D, E, MSN (b, conv))" in lines[0]
+    assert not out.exists()  # checked before anything is written

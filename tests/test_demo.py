@@ -36,7 +36,7 @@ def test_quickstart_runs_end_to_end(tmp_path):
     mask = openslide.OpenSlide(str(demo / "mask.tif"))
     assert mask.dimensions == (768, 768)
     msn = json.loads((demo / "msn.json").read_text())
-    assert set(msn["miou"]) == {"x1", "x2", "x3", "fusion"}
+    assert set(msn["miou"]) == {"x1", "x2", "x3", "fusion", "x2@y1", "x3@y1"}  # + S2′, S3′
     assert all(0.0 <= v <= 1.0 for v in msn["miou"].values())
     table = (demo / "table.md").read_text()
     assert "Meta-branch" in table and "MSN" in table

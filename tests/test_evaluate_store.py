@@ -82,6 +82,7 @@ KEYS |= {"pixels", "outputs", "stages", "backbone", "fusion_type", "input", "che
 KEYS |= {"schema_version", "fusion_params_m", "branches", "weights", "weight_files"}
 KEYS |= {"weight_epochs"}
 OUTS = {"x1", "x2", "x3", "fusion"}
+ALIGNED = {"x2@y1", "x3@y1"}  # S2′, S3′ against Y1
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +94,8 @@ def setup(tmp_path_factory):
 
 
 def _independent_scores(store, ck_path, use_forward):
-    """Confusion matrices computed without msn.evaluation: whole-model forward or meta-branch."""
+    """Confusion matrices computed without msn.evaluation: whole-model forward or meta-branch;
+    S2′, S3′ (``x2@y1``, ``x3@y1``): X2's, X3's logits aligned into X1's frame, against Y1."""
     model, stages = CheckpointDir(ck_path).load_model("cpu")
     card = CheckpointDir(ck_path).read_card()
     ds = PatchDataset(store, split="test")
@@ -108,7 +110,9 @@ def _independent_scores(store, ck_path, use_forward):
             preds = {
                 b: model.meta_branch(x).logits for b, x in zip(("x1", "x2", "x3"), xs, strict=True)
             }
-    targets = {"x1": "y1", "x2": "y2", "x3": "y3", "fusion": "y1"}
+        size = batch["y1"].shape[-2:]
+        preds |= {f"{b}@y1": model.align(preds[b], b, size) for b in ("x2", "x3")}
+    targets = {"x1": "y1", "x2": "y2", "x3": "y3", "fusion": "y1", "x2@y1": "y1", "x3@y1": "y1"}
     for o, logits in preds.items():
         cm = ConfusionMatrix(len(card.classes))
         cm.update(logits.argmax(1), batch[targets[o]])
@@ -122,11 +126,12 @@ def test_full_msn_scores_every_output_like_the_model_forward(setup):
     assert written == []
     assert set(result) == KEYS and result["kind"] == "store"
     for key in ("miou", "iou", "confusion", "pixels"):
-        assert set(result[key]) == OUTS and all(v is not None for v in result[key].values())
+        assert set(result[key]) == OUTS | ALIGNED
+        assert all(v is not None for v in result[key].values())
     expected, n = _independent_scores(store, full, use_forward=True)
     assert result["n_patches"] == n and result["split"] == "test"
     assert result["confusion"] == expected
-    for o in OUTS:
+    for o in OUTS | ALIGNED:
         cm = ConfusionMatrix(4)
         cm.matrix = np.array(expected[o])
         assert result["miou"][o] == pytest.approx(cm.miou())
@@ -258,6 +263,7 @@ def test_outputs_limits_what_is_scored(setup, msn_invoke, tmp_path):
     only, _ = evaluate_store(store, full, split="test", device="cpu", outputs=["x3", "x1"])
     assert only["outputs"] == ["x1", "x3"] and only["miou"]["x2"] is None
     assert only["miou"]["x3"] == every["miou"]["x3"] and only["miou"]["fusion"] is None
+    assert only["miou"]["x3@y1"] == every["miou"]["x3@y1"] and only["miou"]["x2@y1"] is None
     args = ["evaluate", "--store", store, "--checkpoints", full, "--device", "cpu"]
     res = msn_invoke(*args, "--outputs", "x3,x9")
     assert res.exit_code == 2 and "--outputs" in res.stderr and "x1, x2, x3, fusion" in res.stderr
@@ -265,3 +271,45 @@ def test_outputs_limits_what_is_scored(setup, msn_invoke, tmp_path):
     assert res.exit_code == 0 and json.loads((tmp_path / "x2.json").read_text())["outputs"] == [
         "x2"
     ]
+
+
+def test_branches_against_y1_are_their_maps_aligned_into_x1s_frame(setup, tmp_path):
+    """S2′ (``x2@y1``): the X2 branch's logits cropped to X1's field of view and upsampled
+    (``model.align``), argmax, one confusion matrix against Y1; likewise S3′. Single-input
+    baselines and experts have them only where the output exists."""
+    d, store, full = setup
+    result, _ = evaluate_store(store, full, split="test", batch_size=5, device="cpu")
+    model, _ = CheckpointDir(full).load_model("cpu")
+    ds = PatchDataset(store, split="test")
+    batch = torch.utils.data.default_collate(ds.__getitems__(list(range(len(ds)))))
+    xs = [to_input(batch[b], torch.device("cpu")) for b in BRANCHES]
+    with torch.no_grad():
+        out = model(*xs)
+    y1 = batch["y1"]
+    for key, which, logits in (("x2@y1", "x2", out.s2), ("x3@y1", "x3", out.s3)):
+        s = model.align(logits, which, y1.shape[-2:])
+        assert s.shape[-2:] == out.s.shape[-2:]  # X1's pixels, like the fusion
+        cm = ConfusionMatrix(len(CLASSES))
+        cm.update(s.argmax(1), y1)
+        assert result["confusion"][key] == cm.matrix.tolist(), key
+        assert result["miou"][key] == pytest.approx(cm.miou())
+        assert result["pixels"][key] == result["pixels"]["x1"] == result["pixels"]["fusion"]
+    # a single-input baseline: only its own input's output, aligned when it is X2 or X3
+    meta = copy_stages(full, tmp_path / "meta", ["meta"])
+    every, _ = evaluate_store(store, meta, device="cpu")
+    for x in ("x1", "x2"):
+        base = copy_stages(full, tmp_path / x, ["meta"])
+        card = CheckpointDir(base).read_card()
+        CheckpointDir(base).write_card(ModelCard(card.model, card.classes, input=x))
+        only, _ = evaluate_store(store, base, device="cpu")
+        assert only["outputs"] == [x] and only["miou"]["x3@y1"] is None
+        if x == "x2":  # the same meta-branch on X2 as the meta-only checkpoint's
+            assert only["confusion"]["x2@y1"] == every["confusion"]["x2@y1"] is not None
+        else:
+            assert only["miou"]["x2@y1"] is None and only["confusion"]["x2@y1"] is None
+    # independent experts: every branch, so both
+    experts, _ = random_checkpoints(
+        tmp_path / "experts", None, 1, CLASSES, magnifications=(4, 2, 1), branches="independent"
+    )
+    res, _ = evaluate_store(store, str(experts.path), device="cpu")
+    assert res["miou"]["x2@y1"] is not None and res["miou"]["x3@y1"] is not None

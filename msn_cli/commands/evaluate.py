@@ -121,7 +121,7 @@ def evaluate(
         str | None,
         typer.Option(
             help="Comma-separated table columns among params, fusion-params, x1, x2, x3, "
-            "fusion (default: params,x1,x2,x3,fusion).",
+            "fusion, x2y1, x3y1 (S2′, S3′ against Y1; default: params,x1,x2,x3,fusion).",
             rich_help_panel=_CMP,
             show_default=False,
         ),
@@ -132,6 +132,17 @@ def evaluate(
             help="The table's title line (default: mIoU (%) on split ...).",
             rich_help_panel=_CMP,
             show_default=False,
+        ),
+    ] = None,
+    versus: Annotated[
+        str | None,
+        typer.Option(
+            help="Two row labels A,B: also print row A against row B in each mIoU column, "
+            "the difference and whether they are separated (more than one sd apart), not "
+            "separated, or one run (no sd).",
+            rich_help_panel=_CMP,
+            show_default=False,
+            metavar="A,B",
         ),
     ] = None,
     curve: Annotated[
@@ -159,7 +170,13 @@ def evaluate(
         ),
     ] = None,
     json_out: Annotated[
-        Path | None, typer.Option("--json", help="Write the scores as JSON.", rich_help_panel=_OUT)
+        Path | None,
+        typer.Option(
+            "--json",
+            help="Write the scores as JSON (with --compare: the table, each mIoU cell as mean, "
+            "sd and number of runs).",
+            rich_help_panel=_OUT,
+        ),
     ] = None,
     csv: Annotated[
         Path | None, typer.Option(help="Write the table as CSV.", rich_help_panel=_OUT)
@@ -183,20 +200,23 @@ def evaluate(
     Example: `msn evaluate --store store.zarr --checkpoints ckpt --json msn.json` ·
     `msn evaluate --pred A01_mask.tif --truth A01.xml --slide A01.svs` ·
     `msn evaluate --compare msn.json bisenet.json --markdown table.md` ·
+    `msn evaluate --compare s0.json s1.json u0.json u1.json --labels MSN,MSN,U-Net,U-Net
+    --versus MSN,U-Net --json table.json` ·
     `msn evaluate --compare ckpt/memrm ckpt_unet/meta --curve x1 --labels MSN,U-Net --plot f5.png`
     """
     if runs and not compare:
         raise MsnUsageError("RUNS", "result files are compared with --compare")
-    for option, value in (("--curve", curve), ("--columns", columns), ("--title", title)):
+    only_compare = (("--curve", curve), ("--columns", columns), ("--title", title))
+    for option, value in (*only_compare, ("--versus", versus)):
         if value is not None and not compare:
             raise MsnUsageError(option, "only with --compare")
     if plot is not None and curve is None:
         raise MsnUsageError("--plot", "only with --compare --curve (it plots the curves)")
     slide_mode = pred is not None or manifest is not None
     if compare:
-        scoring = slide_mode or figures is not None or json_out is not None or outputs is not None
-        scoring = scoring or weights is not None
-        _compare(runs, labels, columns, title, curve, plot, csv, markdown, scoring=scoring)
+        scoring = slide_mode or figures is not None or outputs is not None or weights is not None
+        _compare(runs, labels, columns, title, curve, plot, csv, markdown, json_out, versus,
+                 scoring=scoring)  # fmt: skip
     elif labels is not None:
         raise MsnUsageError("--labels", "only with --compare (name this run with --method)")
     elif slide_mode:
@@ -213,10 +233,13 @@ def evaluate(
                json_out, csv, markdown, figures, figure_patches, weights)  # fmt: skip
 
 
-def _compare(runs, labels, columns, title, curve, plot, csv, markdown, scoring: bool) -> None:
-    """``--compare``: earlier results, or training curves (``--curve``), side by side."""
+def _compare(runs, labels, columns, title, curve, plot, csv, markdown, json_out, versus,
+             scoring: bool) -> None:  # fmt: skip
+    """``--compare``: earlier results, or training curves (``--curve``), side by side; with
+    ``--versus A,B`` also row A against row B."""
+    from msn_cli.evaluation.compare import versus_rows
     from msn_cli.io.guard import refuse_overwrite
-    from msn_cli.report import print_comparison
+    from msn_cli.report import print_comparison, print_versus
     from msn_cli.stages.evaluate import compare_curves, compare_results
 
     if not runs:
@@ -225,20 +248,30 @@ def _compare(runs, labels, columns, title, curve, plot, csv, markdown, scoring: 
     if scoring:
         raise MsnUsageError(
             "--compare",
-            "--compare takes only RUNS, --labels, --columns, --title, --curve, --plot, "
-            "--csv, --markdown",
+            "--compare takes only RUNS, --labels, --columns, --title, --versus, --curve, "
+            "--plot, --csv, --markdown, --json",
         )
     names = _names(labels) if labels else None
     if names is not None and len(names) != len(runs):
         raise MsnUsageError("--labels", f"{len(names)} label(s) for {len(runs)} run(s)")
-    refuse_overwrite([("--csv", csv), ("--markdown", markdown), ("--plot", plot)], runs)
+    histories = [r / "history.jsonl" for r in runs if curve is not None and r.is_dir()]
+    outs = [("--csv", csv), ("--markdown", markdown), ("--json", json_out), ("--plot", plot)]
+    refuse_overwrite(outs, [*runs, *histories])
     if curve is not None:
         if columns is not None:
             raise MsnUsageError("--columns", "not with --curve (its columns are the runs)")
-        table = compare_curves(runs, _names(curve) or [], names, csv, markdown, plot, title)
+        if versus is not None:
+            raise MsnUsageError("--versus", "not with --curve (its rows are epochs)")
+        table = compare_curves(
+            runs, _names(curve) or [], names, csv, markdown, plot, title, json_out
+        )
     else:
-        table = compare_results(runs, names, csv, markdown, _names(columns), title)
+        table = compare_results(
+            runs, names, csv, markdown, _names(columns), title, json_out, versus
+        )
     print_comparison(table)
+    if versus is not None:
+        print_versus(table, *versus_rows(table, versus))
 
 
 def _slides(pred, truth, slide, manifest, classes, unannotated, mask_values, method,

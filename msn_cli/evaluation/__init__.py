@@ -24,8 +24,9 @@ Store mode JSON (``msn evaluate --store S --checkpoints C --json FILE``)
 
     {"kind": "store", "method": "MSN (bisenet)", "split": "test", "n_patches": 120,
      "classes": ["normal", ...], "params_m": 15.6, "fusion_params_m": 0.0137,
-     "miou":      {"x1": 0.46, "x2": 0.47, "x3": 0.42, "fusion": 0.48},
-     "iou":       {"x1": [per class, null = absent], ..., "fusion": [...]},
+     "miou":      {"x1": 0.46, "x2": 0.47, "x3": 0.42, "fusion": 0.48,
+                   "x2@y1": 0.44, "x3@y1": 0.39},
+     "iou":       {"x1": [per class, null = absent], ..., "fusion": [...], "x2@y1": ...},
      "confusion": {"x1": [[truth x prediction counts]], ...},
      "pixels":    {"x1": labelled pixels counted, ...},
      "outputs": ["x1", "x2", "x3", "fusion"], "stages": ["meta", "memrm", "fusion"],
@@ -33,13 +34,20 @@ Store mode JSON (``msn evaluate --store S --checkpoints C --json FILE``)
      "checkpoints": "...", "store": "...", "schema_version": 1}
 
 X1 is scored against Y1, X2 against Y2, X3 against Y3 and the fusion (in X1's frame) against
-Y1. Every key of ``miou``/``iou``/``confusion``/``pixels`` is present; its value is ``null``
-where that output does not exist yet (no Mem-RM: the meta-branch applied to X1, X2, X3, i.e.
-Table 3's "Meta-branch" row; no fusion: ``fusion`` is null). ``params_m`` counts the parameters
-(in millions) of the parts the finished stages trained: the meta-branch, plus the Mem-RMs, plus
-the fusion; for a finished MSN that is the whole model (Table 1's "# Parm (M)"). For
-independent experts (``train-fusion --experts``) it is the three experts plus the fusion.
-``fusion_params_m`` is the fusion's own count (Table 5's "# F (M)"), ``null`` without one.
+Y1. ``x2@y1`` and ``x3@y1`` score S2′ and S3′ against Y1 as well: X2's and X3's maps cropped to
+X1's field of view and upsampled to X1's pixels (the maps the fusion takes in), so every branch
+is also scored on the fusion's target. Every key of ``miou``/``iou``/``confusion``/``pixels``
+(the four outputs and the two aligned maps) is present; its value is ``null`` where that output
+does not exist yet (no Mem-RM: the meta-branch applied to X1, X2, X3, i.e. Table 3's
+"Meta-branch" row; no fusion: ``fusion`` is null) or was not scored (``--outputs``; a
+single-input baseline has only its own input's output, and ``x2@y1``/``x3@y1`` only with X2/X3).
+Results written before ``x2@y1``/``x3@y1`` existed lack those keys; readers take them as null.
+
+``params_m`` counts the parameters (in millions) of the parts the finished stages trained: the
+meta-branch, plus the Mem-RMs, plus the fusion; for a finished MSN that is the whole model
+(Table 1's "# Parm (M)"). For independent experts (``train-fusion --experts``) it is the three
+experts plus the fusion. ``fusion_params_m`` is the fusion's own count (Table 5's "# F (M)"),
+``null`` without one.
 
 Slide mode JSON (``msn evaluate --pred mask.tif --truth labels --json FILE``)
 ------------------------------------------------------------------------------

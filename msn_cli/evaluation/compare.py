@@ -11,8 +11,9 @@ row trained with other seeds) give the mean and the sample standard deviation (n
 cell reads ``mean ± sd``, a note under the table gives the number of runs, and a cell with
 fewer runs than the others shows its own ``(n=k)``. A table with one run per cell prints as it
 always did. CSV adds ``<column> sd`` and ``<column> n`` after each mIoU column (only when some
-cell has several runs); :meth:`Comparison.to_json` always carries mean, sd and n.
-:func:`versus` says, per column, whether two rows are more than one sd apart. Slide results
+cell has several runs); :meth:`Comparison.to_json` (``evaluate --compare --json``) always
+carries mean, sd and n. :func:`versus` (``--versus A,B``, rows picked by :func:`versus_rows`)
+says, per column, whether two rows are more than one sd apart. Slide results
 give ``Method, Slides, mIoU`` and the pooled IoU of each class. Missing values are ``-`` in
 tables and markdown, empty in CSV.
 
@@ -48,7 +49,7 @@ from typing import Any
 
 from msn_cli.errors import MsnError, MsnUsageError
 from msn_cli.io.atomic import atomic_write_text
-from msn_cli.vocab import OUTPUTS
+from msn_cli.vocab import ALIGNED, OUTPUTS
 
 #: ``--columns`` names and their headers, in the paper's order.
 STORE_FIELDS = {
@@ -66,7 +67,7 @@ DEFAULT_COLUMNS = ("params", *OUTPUTS)
 _PARAM_KEYS = {"params": "params_m", "fusion-params": "fusion_params_m"}
 #: mIoU columns whose key in the result's ``miou`` is not the column's name: S2′ = up(crop(S2))
 #: and S3′ scored against Y1 (results written before these existed have no such key: null).
-ALIGNED_KEYS = {"x2y1": "x2@y1", "x3y1": "x3@y1"}
+ALIGNED_KEYS = {"x2y1": ALIGNED["x2"], "x3y1": ALIGNED["x3"]}
 
 
 @dataclass(frozen=True)
@@ -256,6 +257,35 @@ def versus(table: Comparison, a: str, b: str, columns: Sequence[str] | None = No
             word = "separated" if verdict else "not separated"
             lines.append(f"{line}: {diff}, {word} (sd {100 * sd:.1f})")
     return lines
+
+
+def versus_rows(table: Comparison, text: str) -> tuple[str, str]:
+    """The two row labels ``A,B`` of ``--versus`` in ``table``: split at the one comma that
+    leaves a row label on each side (method names such as ``MSN (bisenet, w/o Meta)`` hold
+    commas themselves); a usage error naming the rows otherwise.
+
+    Example:
+        >>> t = Comparison("T", ["Method", "X1"], [["MSN (b, conv)", 0.5], ["U-Net", 0.4]],
+        ...                ["text", "percent"])
+        >>> versus_rows(t, "U-Net,MSN (b, conv)")
+        ('U-Net', 'MSN (b, conv)')
+    """
+    labels = [str(r[0]) for r in table.rows]
+    parts = text.split(",")
+    pairs = {
+        (a, b)
+        for i in range(1, len(parts))
+        if (a := ",".join(parts[:i]).strip()) in labels
+        and (b := ",".join(parts[i:]).strip()) in labels
+    }
+    rows = f"(rows: {', '.join(labels)})"
+    if len(pairs) != 1:
+        problem = "is two row labels in more than one way" if pairs else "is not two row labels A,B"
+        raise MsnUsageError("--versus", f"{text!r} {problem} {rows}")
+    ((a, b),) = pairs
+    if a == b:
+        raise MsnUsageError("--versus", f"{text!r}: give two different rows {rows}")
+    return a, b
 
 
 def _csv(v: Any, kind: str) -> str:

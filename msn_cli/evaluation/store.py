@@ -20,7 +20,7 @@ from msn_cli.io.dataset import PatchDataset
 from msn_cli.io.store import PatchStore
 from msn_cli.metrics import ConfusionMatrix
 from msn_cli.models.layers import count_parameters
-from msn_cli.vocab import BRANCHES, LABELS, OUTPUTS, TARGETS
+from msn_cli.vocab import ALIGNED, BRANCHES, LABELS, OUTPUTS, TARGETS
 
 
 @dataclass
@@ -102,6 +102,8 @@ def evaluate_store(
     ``show`` > 0 keeps that many evenly spaced patches (with predictions) for the Fig. 4 grid.
     ``workers`` DataLoader processes read the store (0: in this process); order is fixed.
     ``outputs`` limits the scored outputs (default: all the checkpoint has; others are null).
+    X2 and X3, where scored, are also scored in X1's frame against Y1 (S2′, S3′: ``x2@y1``,
+    ``x3@y1``, :data:`~msn_cli.vocab.ALIGNED`).
     Runs in float32 with deterministic kernels, so equal inputs give equal numbers.
     """
     from msn_cli.inference import available_outputs, run_branches
@@ -138,7 +140,8 @@ def evaluate_store(
     ds = PatchDataset(str(store), split=split)
     n = len(ds)
     nc = len(card.classes)
-    cms = {o: ConfusionMatrix(nc) for o in outputs}
+    aligned = {o: key for o, key in ALIGNED.items() if o in outputs}
+    cms = {o: ConfusionMatrix(nc) for o in (*outputs, *aligned.values())}
     keep = set(np.unique(np.linspace(0, n - 1, show).round().astype(int)).tolist()) if show else ()
     kept: dict[str, list[np.ndarray]] = {}
     names: list[str] = []
@@ -166,6 +169,10 @@ def evaluate_store(
                         ck.path, f"output {o} is {tuple(preds[o].shape)}, labels {target.shape}"
                     )
                 cms[o].update(preds[o].numpy(), target.numpy())
+            y1 = batch["y1"]
+            for o, key in aligned.items():  # S2′, S3′: in X1's frame, against Y1
+                s = model.align(logits[o], o, y1.shape[-2:]).argmax(1).to(torch.uint8).cpu()
+                cms[key].update(s.numpy(), y1.numpy())
             if keep:
                 rows = [i for i, j in enumerate(batch["index"].tolist()) if j in keep]
                 for i in rows:
@@ -178,10 +185,10 @@ def evaluate_store(
                     for o in outputs:
                         kept.setdefault("p_" + o, []).append(preds[o][i].numpy())
             bar.advance(len(batch["index"]))
-    per = {o: scores(cms[o]) if o in cms else None for o in OUTPUTS}
+    per = {o: scores(cms[o]) if o in cms else None for o in (*OUTPUTS, *ALIGNED.values())}
 
     def pick(key: str) -> dict[str, Any]:
-        return {o: (per[o] or {}).get(key) if per[o] else None for o in OUTPUTS}
+        return {o: (per[o] or {}).get(key) if per[o] else None for o in per}
 
     cfg = card.model
     result = {

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from msn_cli.evaluation.compare import Comparison, comparison, write_tables
+from msn_cli.evaluation.compare import Comparison, comparison, versus_rows, write_tables
 from msn_cli.evaluation.results import read_result, write_json
 from msn_cli.evaluation.slides import SlidePair, evaluate_slides
 from msn_cli.vocab import IGNORE
@@ -102,14 +102,21 @@ def compare_results(
     markdown_path: Path | None = None,
     columns: Sequence[str] | None = None,
     title: str | None = None,
+    json_path: Path | None = None,
+    versus: str | None = None,
 ) -> Comparison:
-    """One table of several ``--json`` results (rows = runs), optionally as CSV/markdown.
+    """One table of several ``--json`` results (rows = runs), optionally as CSV, markdown
+    and JSON (:meth:`Comparison.to_json`: every mIoU cell as mean, sd and runs).
 
     Runs with the same label share a row; ``columns`` (store results) picks the columns among
-    ``params, fusion-params, x1, x2, x3, fusion``; ``title`` replaces the title line.
+    ``params, fusion-params, x1, x2, x3, fusion, x2y1, x3y1``; ``title`` replaces the title.
+    ``versus`` (``A,B``, to be compared with :func:`~msn_cli.evaluation.compare.versus`) must
+    name two rows: checked before anything is written.
     """
     table = comparison([read_result(p) for p in paths], labels, columns, title)
-    write_tables(table, csv_path, markdown_path)
+    if versus is not None:
+        versus_rows(table, versus)
+    write_tables(table, csv_path, markdown_path, json_path)
     return table
 
 
@@ -121,17 +128,18 @@ def compare_curves(
     markdown_path: Path | None = None,
     plot_path: Path | None = None,
     title: str | None = None,
+    json_path: Path | None = None,
 ) -> Comparison:
     """mIoU per epoch of the outputs ``names`` of training runs (stage folders or histories).
 
     Rows = epochs, one column per run and output (validation mIoU, else training mIoU);
-    optionally written as CSV, markdown and a line plot (PNG).
+    optionally written as CSV, markdown, JSON and a line plot (PNG).
     """
     from msn_cli.evaluation.curves import curves
     from msn_cli.plots import plot_curves
 
     table = curves(paths, names, labels, title)
-    write_tables(table, csv_path, markdown_path)
+    write_tables(table, csv_path, markdown_path, json_path)
     if plot_path is not None:
         plot_curves(table, plot_path)
     return table
