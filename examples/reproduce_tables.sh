@@ -31,9 +31,13 @@
 #              MSN: the X3 baseline is the meta-branch; train-memrm + train-fusion on
 #              sub-train; ∗MSN: the same on the training set (--split train).
 #   Table 3    Meta-branch / Multi-branch: train-fusion --experts (the X3 baseline three
-#              times / the three baselines) --method meta, on sub-train.
+#              times / the three baselines) --method meta --holdout-from MSN†: fitted on
+#              the sub-train patches MSN†'s own fusion fits on, for as many epochs. S2′ and
+#              S3′ are also scored against Y1 (columns X2@Y1, X3@Y1).
 #   Table 4    train-memrm --gap-layers nongap.
-#   Table 5    train-fusion --method conv | awmf | meta on MSN†'s fixed branches.
+#   Table 5    train-fusion --method conv | awmf | meta on MSN†'s fixed branches, all from
+#              the same start (--fusion-init average); "MSN (pseudo σ)": Meta-FM with
+#              --sigma pseudo, its σ per patch from pseudo-labels at test time.
 #   Fig. 5/6   sub-train mIoU per epoch (the paper's Fig. 6 is on its sub-training set): every
 #              stage validates on sub-train, never on the test split.
 set -euo pipefail
@@ -220,11 +224,12 @@ fused() {
     evaluate "$2" "$3" "$1"
 }
 
-# refused STORE NAME LABEL FROM METHOD: another fusion on MSN FROM's fixed branches.
+# refused STORE NAME LABEL FROM METHOD [FUSION OPTIONS]: another fusion on MSN FROM's fixed
+# branches.
 refused() {
     copy "$C/$4" "$C/$2" fusion
     msn train-fusion --store "$1" --checkpoints "$C/$2" --method "$5" --epochs "$EPOCHS" \
-        "${TRAIN[@]}"
+        "${TRAIN[@]}" "${@:6}"
     evaluate "$2" "$3" "$1"
 }
 
@@ -285,29 +290,31 @@ round1() {  # the single-resolution baselines (and AWMF-CNN's pre-trained copies
         done
     done
 }
-round2() {  # what is built on the baselines: Tables 1/2's systems, Table 3's and 4's rows
-    local meta="$C/bach-bisenet-x3"  # MSN†'s meta-branch, serving all three inputs (Table 3)
+round2() {  # what is built on the baselines: Tables 1/2's systems, Table 4's row
     systems bach "$STORE" "$BACKBONES" 1
-    if want 3; then
-        run bach-meta-branch fused "$STORE" bach-meta-branch "Meta-branch" \
-            "$meta,$meta,$meta" sub-train "$EPOCHS" --method meta
-        run bach-multi-branch fused "$STORE" bach-multi-branch "Multi-branch" \
-            "$(experts_of bach bisenet "")" sub-train "$EPOCHS" --method meta
-    fi
     if want 4; then
         run bach-nongap msn_model "$STORE" bach-nongap "on non-gap layers" bach-bisenet-x3 \
             sub-train --gap-layers nongap
     fi
     [[ -z $ISIC_STORE ]] || systems isic "$ISIC_STORE" "$ISIC_BACKBONES" 2
 }
-round3() {  # Table 5: other fusions on MSN†'s finished branches
-    local tag s
+round3() {  # on MSN†'s finished branches: Table 3's expert rows (its fit set), Table 5
+    local meta="$C/bach-bisenet-x3"  # MSN†'s meta-branch, serving all three inputs (Table 3)
+    local tag s same=(--method meta --holdout-from "$C/bach-msn-bisenet")
+    if want 3; then
+        run bach-meta-branch fused "$STORE" bach-meta-branch "Meta-branch" \
+            "$meta,$meta,$meta" sub-train "$EPOCHS" "${same[@]}"
+        run bach-multi-branch fused "$STORE" bach-multi-branch "Multi-branch" \
+            "$(experts_of bach bisenet "")" sub-train "$EPOCHS" "${same[@]}"
+    fi
     want 5 || return 0
     for tag in bach isic; do
         s=$STORE
         if [[ $tag == isic ]]; then [[ -n $ISIC_STORE ]] || continue; s=$ISIC_STORE; fi
         run "$tag-t5-conv" refused "$s" "$tag-t5-conv" "w/o Meta" "$tag-msn-bisenet" conv
         run "$tag-t5-awmf" refused "$s" "$tag-t5-awmf" "AWMF-CNN" "$tag-msn-bisenet" awmf
+        run "$tag-t5-pseudo" refused "$s" "$tag-t5-pseudo" "MSN (pseudo σ)" \
+            "$tag-msn-bisenet" meta --sigma pseudo
     done
 }
 
@@ -393,21 +400,22 @@ if [[ -n $ISIC_STORE ]] && want 2; then
     compare table2 "Table 2: comparison on ISIC-like photographs, mIoU (%)" -- "${rows[@]}"
 fi
 if want 3; then
-    compare table3 "Table 3: weight sharing (BiSeNet), mIoU (%)" --columns x1,x2,x3,fusion -- \
+    compare table3 "Table 3: weight sharing (BiSeNet), mIoU (%)" \
+        --columns x1,x2,x3,x2y1,x3y1,fusion -- \
         bach-meta-branch bach-multi-branch bach-msn-bisenet bach-msn-star-bisenet
 fi
 if want 4; then
     compare table4 "Table 4: gap layers, mIoU (%)" --columns x1,x2,x3,fusion -- \
         bach-nongap bach-msn-bisenet
 fi
-T5=(--columns x1,x2,x3,fusion,fusion-params --labels "w/o Meta,AWMF-CNN,MSN")
+T5=(--columns x1,x2,x3,fusion,fusion-params --labels "w/o Meta,AWMF-CNN,MSN,MSN (pseudo σ)")
 if want 5; then
     compare table5-bach "Table 5 (BACH-like): fusions on MSN†'s fixed branches" "${T5[@]}" -- \
-        bach-t5-conv bach-t5-awmf bach-msn-bisenet
+        bach-t5-conv bach-t5-awmf bach-msn-bisenet bach-t5-pseudo
 fi
 if [[ -n $ISIC_STORE ]] && want 5; then
     compare table5-isic "Table 5 (ISIC-like): fusions on MSN†'s fixed branches" "${T5[@]}" -- \
-        isic-t5-conv isic-t5-awmf isic-msn-bisenet
+        isic-t5-conv isic-t5-awmf isic-msn-bisenet isic-t5-pseudo
 fi
 if want 3; then
     curves fig5 "Fig. 5: sub-train mIoU (%) per epoch of the non-meta-branches" x1,x2 \
@@ -420,8 +428,8 @@ for tag in bach isic; do
     [[ $tag == bach || -n $ISIC_STORE ]] || continue
     what=$([[ $tag == bach ]] && echo "BACH-like" || echo "ISIC-like")
     curves "fig6-$tag" "Fig. 6 ($what): sub-train mIoU (%) per epoch of the fusions" fusion \
-        "MSN (meta-fusion),w/o Meta,AWMF-CNN" "$tag-msn-bisenet/fusion" \
-        "$tag-t5-conv/fusion" "$tag-t5-awmf/fusion"
+        "MSN (meta-fusion),w/o Meta,AWMF-CNN,MSN (pseudo σ)" "$tag-msn-bisenet/fusion" \
+        "$tag-t5-conv/fusion" "$tag-t5-awmf/fusion" "$tag-t5-pseudo/fusion"
 done
 for f in "${MADE[@]}"; do cat "$OUT/tables/$f.md"; echo; done > "$OUT/tables.md"
 echo

@@ -302,14 +302,14 @@ def test_branches_against_y1_columns(tmp_path, msn_invoke, capsys):
     r["miou"].update({"x2@y1": 0.44, "x3@y1": 0.39})
     new, old = write(tmp_path / "new.json", r), write(tmp_path / "old.json", store("Old", x1=0.5))
     t = compare_results([new, old], columns=["x2", "x2y1", "x3", "x3y1", "fusion"])
-    assert t.columns == ["Method", "X2", "X2′ vs Y1", "X3", "X3′ vs Y1", "Fusion"]
+    assert t.columns == ["Method", "X2", "S2′ vs Y1", "X3", "S3′ vs Y1", "Fusion"]
     assert t.cells() == [
         ["MSN", "47.0", "44.0", "42.0", "39.0", "48.0"],
         ["Old", "-", "-", "-", "-", "-"],  # written before S2′/S3′ were scored
     ]
     res = msn_invoke("evaluate", "--compare", new, old, "--columns", "x1,x2y1,x3y1")
     assert res.exit_code == 0, res.output
-    assert "X2′ vs Y1" in res.stdout and "39.0" in res.stdout
+    assert "S2′ vs Y1" in res.stdout and "39.0" in res.stdout
     res = msn_invoke("evaluate", "--compare", new, "--columns", "x2y2")
     assert res.exit_code == 2 and "x2y1, x3y1" in res.stderr
     r["miou"]["x3@y1"] = "high"
@@ -323,8 +323,8 @@ def test_branches_against_y1_columns(tmp_path, msn_invoke, capsys):
     }  # fmt: skip
     print_store_details(result)
     out = capsys.readouterr().out
-    assert "X2′ vs Y1" in out and "37.5" in out and "confusion X2′ vs Y1 (rows: truth)" in out
-    assert "X3′" not in out
+    assert "S2′ vs Y1" in out and "37.5" in out and "confusion S2′ vs Y1 (rows: truth)" in out
+    assert "S3′" not in out
 
 
 def test_versus_says_whether_two_rows_are_more_than_one_sd_apart(capsys):

@@ -131,8 +131,10 @@ def test_predict_writes_an_aligned_mask_with_the_scans_resolution(msn_invoke, sv
         if isinstance(m, torch.nn.Conv2d) and m.out_channels == 4 and m.bias is not None:
             with torch.no_grad():
                 m.bias[1] += 1e4
-    for name in ("meta", "memrm"):
-        ck.stage(name).save_weights(model.stage_part(name).state_dict())
+    for name in ("meta", "memrm"):  # best.pt too: predict loads it by default
+        st = ck.stage(name)
+        st.save(st.best, model.stage_part(name).state_dict())
+        st.save_weights(model.stage_part(name).state_dict())
     out = tmp_path / "mask.tif"
     r = msn_invoke("predict", svs, "--checkpoints", ck.path, "--branch", "x1", "--mpp", "2",
                    "--min-tissue", "0.3", "--workers", "1", "--out", out)  # fmt: skip

@@ -25,15 +25,15 @@ ROWS = {
     "table2": ["DeepLab-V3+", "BiSeNet", "AWMF-CNN†", "AWMF-CNN† (fixed)", "MSN†", "∗MSN†"],
     "table3": ["Meta-branch", "Multi-branch", "MSN†", "∗MSN†"],
     "table4": ["on non-gap layers", "MSN†"],
-    "table5-bach": ["w/o Meta", "AWMF-CNN", "MSN"],
-    "table5-isic": ["w/o Meta", "AWMF-CNN", "MSN"],
+    "table5-bach": ["w/o Meta", "AWMF-CNN", "MSN", "MSN (pseudo σ)"],
+    "table5-isic": ["w/o Meta", "AWMF-CNN", "MSN", "MSN (pseudo σ)"],
 }
 HEADERS = {
     "table1": ["Method", "# Parm (M)", "X1", "X2", "X3", "Fusion"],
-    "table3": ["Method", "X1", "X2", "X3", "Fusion"],
+    "table3": ["Method", "X1", "X2", "X3", "S2′ vs Y1", "S3′ vs Y1", "Fusion"],
     "table5-bach": ["Method", "X1", "X2", "X3", "Fusion", "# F (M)"],
 }
-CURVES = {"fig5": 6, "fig6-bach": 3, "fig6-isic": 3}  # value columns
+CURVES = {"fig5": 6, "fig6-bach": 4, "fig6-isic": 4}  # value columns
 NUMBER = re.compile(r"^\d+(\.\d+)?(e-?\d+)?$")
 
 
@@ -113,6 +113,13 @@ def test_every_row_of_every_table_has_numbers(tmp_path):
     alternated = (out / "ckpt" / "bach-awmf-bisenet" / "fusion" / "history.jsonl").read_text()
     assert '"trained": "fusion"' in alternated and '"trained": "experts"' in alternated
     assert (out / "tables.md").read_text().count("Table ") == 6
+    fit = {  # Table 3's rows fit their fusions on the same patches, for as many steps
+        name: json.loads((out / "ckpt" / name / "fusion" / "config.json").read_text())
+        for name in ("bach-meta-branch", "bach-multi-branch", "bach-msn-bisenet")
+    }
+    assert len({(c["fit_patches"], c["epochs"], c["fusion_init"]) for c in fit.values()}) == 1
+    pseudo = json.loads((out / "ckpt" / "bach-t5-pseudo" / "model.json").read_text())
+    assert pseudo["model"]["sigma"] == "pseudo" and pseudo["model"]["fusion"] == "meta"
     configs = sorted((out / "ckpt").glob("*/*/config.json"))
     assert len(configs) > 40
     for config in configs:  # validation never looks at the test split

@@ -27,7 +27,11 @@ LrOpt = Annotated[float, typer.Option("--lr", help="Adam learning rate.")]
 SplitOpt = Annotated[str, typer.Option("--split", help="Store split to train on.")]
 ValOpt = Annotated[
     str,
-    typer.Option("--val-split", help="Split for per-epoch validation mIoU, or 'none'."),
+    typer.Option(
+        "--val-split",
+        help="Split for per-epoch validation mIoU, whose best epoch becomes best.pt "
+        "(never 'test'), or 'none' (best.pt: the final epoch).",
+    ),
 ]
 AmpOpt = Annotated[bool, typer.Option("--amp", help="Mixed precision on CUDA (bf16 or fp16).")]
 TrainWorkersOpt = Annotated[

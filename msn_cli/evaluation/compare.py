@@ -59,8 +59,8 @@ STORE_FIELDS = {
     "x2": "X2",
     "x3": "X3",
     "fusion": "Fusion",
-    "x2y1": "X2′ vs Y1",
-    "x3y1": "X3′ vs Y1",
+    "x2y1": "S2′ vs Y1",
+    "x3y1": "S3′ vs Y1",
 }
 DEFAULT_COLUMNS = ("params", *OUTPUTS)
 #: Parameter columns and their result keys (millions; ``fusion_params_m`` is newer: absent = null).
