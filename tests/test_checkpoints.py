@@ -120,3 +120,35 @@ def test_stage_files_round_trip(tmp_path):
     assert st.read_config() == {"epochs": 10}
     st.reset()
     assert st.load_last() is None and st.read_history() == [] and not st.complete
+
+
+@pytest.mark.parametrize("raised", [KeyboardInterrupt(), OSError(28, "No space left on device")])
+def test_a_checkpoint_write_cut_short_raises_what_cut_it(tmp_path, monkeypatch, raised):
+    """torch.save turns what its file's write raised into a RuntimeError; a Ctrl-C landing
+    there must stay an interrupt (exit 130), a full disk an OSError, and no file appears."""
+    from msn_cli.io import atomic
+
+    class CutShort:  # the file handle: its third write is where the signal or ENOSPC lands
+        def __init__(self, fh):
+            self.fh, self.writes = fh, 0
+
+        def write(self, data):
+            self.writes += 1
+            if self.writes == 3:
+                raise raised
+            return self.fh.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.fh, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.fh.close()
+
+    monkeypatch.setattr(atomic, "open", lambda *a: CutShort(open(*a)), raising=False)  # noqa: SIM115
+    path = tmp_path / "last.pt"
+    with pytest.raises(type(raised)):
+        atomic.atomic_write(path, lambda fh: torch.save({"w": torch.zeros(4096)}, fh))
+    assert not list(tmp_path.iterdir())  # neither the checkpoint nor its temporary

@@ -165,12 +165,15 @@ def test_bad_experts_are_refused(experts, tmp_path, msn_invoke):
     shutil.copytree(d / "x2", tmp_path / "x2")
     moved = f"{d / 'x1'},{tmp_path / 'x2'},{d / 'x3'}"
     fusion(store, tmp_path / "moved", moved, method="conv", epochs=1)
-    shutil.copy(d / "x1" / "meta" / "weights.pt", tmp_path / "x2" / "meta" / "weights.pt")
+    # what was imported is each source's selected weights (best.pt): tamper with exactly that
+    selected = CheckpointDir(tmp_path / "x2").stage("meta").selected
+    assert selected.name == "best.pt"
+    shutil.copy(CheckpointDir(d / "x1").stage("meta").selected, selected)
     with pytest.raises(MsnError, match="weights of expert x2 .* changed since they were imported"):
         fusion(store, tmp_path / "moved", moved, method="conv", epochs=1)
     fusion(store, ck, other, method="conv", epochs=1, restart=True)  # --restart re-imports
     model, _ = CheckpointDir(ck).load_model()
-    source = load_checkpoint_file(d / "x1" / "meta" / "weights.pt")
+    source = load_checkpoint_file(CheckpointDir(d / "x1").stage("meta").selected)
     assert equal_states(expert_state(model, "x2"), source)
 
 

@@ -381,6 +381,63 @@ def test_a_second_predict_onto_the_same_out_says_another_process_writes_it(predi
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.tif"]
 
 
+SWALLOWED = """
+import os, signal, sys
+from msn_cli import signals
+if sys.argv[1] == "install":
+    signals.install()
+def interrupted_at_fork():  # a Ctrl-C landing in a fork callback (logging's locks do this)
+    os.kill(os.getpid(), signal.SIGINT)
+    sum(range(10))
+os.register_at_fork(after_in_parent=interrupted_at_fork)
+pid = os.fork()
+if pid == 0:
+    os._exit(0)
+os.waitpid(pid, 0)
+try:
+    signals.check()  # what every loader does before each batch
+except KeyboardInterrupt:
+    sys.exit(130)
+"""
+
+
+def test_a_loader_worker_is_silent_about_the_main_process_gone():
+    """A worker's fd-sharing thread meets a closed connection once msn has exited on Ctrl-C
+    (reported through sys.excepthook): no traceback under "msn: error: interrupted". Other
+    errors still print."""
+    import sys
+
+    code = """
+import sys, threading
+from msn_cli.training.data import ignore_sigint
+ignore_sigint(0)
+for error in (BrokenPipeError(32, "Broken pipe"), ValueError("a real bug")):
+    sys.excepthook(type(error), error, None)
+    t = threading.Thread(target=lambda: (_ for _ in ()).throw(error))
+    t.start()
+    t.join()
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=child_env(), timeout=60)  # fmt: skip
+    assert "Broken pipe" not in res.stderr, res.stderr
+    assert res.stderr.count("ValueError: a real bug") == 2, res.stderr
+
+
+@pytest.mark.parametrize("install, rc", [("install", 130), ("default", 0)])
+def test_a_ctrl_c_swallowed_by_a_fork_callback_is_raised_at_the_next_batch(install, rc):
+    """Python prints "Exception ignored" for a KeyboardInterrupt raised in an at-fork
+    callback and carries on; msn remembers it and raises it at the next batch (without
+    signals.install, the default: it is lost)."""
+    import sys
+
+    res = subprocess.run(
+        [sys.executable, "-c", SWALLOWED, install], capture_output=True, text=True,
+        env=child_env(), timeout=60,
+    )  # fmt: skip
+    assert "Exception ignored" in res.stderr and "KeyboardInterrupt" in res.stderr, res.stderr
+    assert res.returncode == rc, res.stderr
+
+
 def test_ctrl_c_during_training_with_loader_workers_is_interrupted_130(tmp_path):
     """A terminal sends SIGINT to the whole process group: workers included."""
     import time

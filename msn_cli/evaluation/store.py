@@ -145,9 +145,9 @@ def evaluate_store(
     keep = set(np.unique(np.linspace(0, n - 1, show).round().astype(int)).tolist()) if show else ()
     kept: dict[str, list[np.ndarray]] = {}
     names: list[str] = []
-    from msn_cli.training.data import ignore_sigint
+    from msn_cli.training.data import Loader, ignore_sigint
 
-    loader = torch.utils.data.DataLoader(
+    loader = Loader(
         ds,
         batch_size=batch_size,
         shuffle=False,

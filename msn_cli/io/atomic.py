@@ -22,7 +22,9 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], Any])
             try:
                 write(rec)
             except Exception:
-                if rec.error is not None:  # torch.save turns it into a RuntimeError
+                # torch.save turns what its file's write raised into a RuntimeError: re-raise
+                # the original (disk full names the file; Ctrl-C stays an interrupt, exit 130)
+                if rec.error is not None:
                     raise rec.error from None
                 raise
             fh.flush()
@@ -39,16 +41,17 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], Any])
 
 
 class _Recording:
-    """A file handle that keeps the OSError of a failed write (some writers swallow it)."""
+    """A file handle that keeps what a failed write raised: an OSError, or the
+    KeyboardInterrupt of a Ctrl-C that arrived during it (some writers swallow both)."""
 
     def __init__(self, fh: BinaryIO) -> None:
         self._fh = fh
-        self.error: OSError | None = None
+        self.error: BaseException | None = None
 
     def write(self, data) -> int:
         try:
             return self._fh.write(data)
-        except OSError as exc:
+        except (OSError, KeyboardInterrupt) as exc:
             self.error = exc
             raise
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from msn_cli import signals
 from msn_cli.io.dataset import PatchDataset
 from msn_cli.vocab import BRANCHES
 
@@ -147,14 +148,42 @@ def ordered_loader(dataset: Dataset, batch_size: int, ctx, workers: int, shard: 
 def ignore_sigint(_worker_id: int) -> None:
     """DataLoader workers leave Ctrl-C to the main process: a terminal sends SIGINT to the
     whole process group, and a worker dying of it first would turn "interrupted" (exit 130)
-    into "DataLoader worker exited unexpectedly"."""
+    into "DataLoader worker exited unexpectedly". Once the main process has gone, a worker
+    thread still handing it a tensor's file descriptor meets a closed connection: that is
+    the main process's exit, which it reports itself, so the worker stays silent about it
+    rather than print a traceback under "msn: error: interrupted"."""
     import signal
+    import sys
+    import threading
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # multiprocessing's resource sharer reports through sys.excepthook, other threads
+    # through threading.excepthook
+    report, report_thread = sys.excepthook, threading.excepthook
+
+    def quiet(exc_type, exc, tb) -> None:
+        if not issubclass(exc_type, ConnectionError):  # BrokenPipe, ConnectionReset
+            report(exc_type, exc, tb)
+
+    def quiet_thread(args) -> None:
+        if not issubclass(args.exc_type, ConnectionError):
+            report_thread(args)
+
+    sys.excepthook, threading.excepthook = quiet, quiet_thread
+
+
+class Loader(DataLoader):
+    """A DataLoader whose every batch first re-raises a Ctrl-C that starting its workers
+    swallowed (:mod:`msn_cli.signals`)."""
+
+    def __iter__(self):
+        for batch in super().__iter__():
+            signals.check()
+            yield batch
 
 
 def _loader(dataset, batch_size, sampler, seed, ctx, workers, persistent=False) -> DataLoader:
-    return DataLoader(
+    return Loader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,

@@ -1,13 +1,14 @@
 """``train-fusion --experts``: three separately trained experts become one multi-branch model.
 
 The paper's comparison systems that fuse independent branches (Table 1's AWMF-CNN, Table 3's
-"Multi-branch" and "Meta-branch" rows) are built from ``train-meta`` directories: each
-source's ``meta/weights.pt`` becomes the expert of one input, X1, X2, X3 in that order. A
-source may be a single-resolution baseline (``train-meta --input x1``) or an MSN directory,
-whose meta-branch then serves an input it was not trained on (Table 3's "Meta-branch": the
-X3-trained meta-branch applied to every input). All three must share the backbone, width,
-classes, patch size, magnifications and input normalisation, and match the store; the new
-``model.json`` takes their normalisation (and their ``pretrained`` record when they share it).
+"Multi-branch" and "Meta-branch" rows) are built from ``train-meta`` directories: the
+selected ``meta`` weights of each source (``best.pt``, else ``weights.pt``) become the expert
+of one input, X1, X2, X3 in that order. A source may be a single-resolution baseline
+(``train-meta --input x1``) or an MSN directory, whose meta-branch then serves an input it was
+not trained on (Table 3's "Meta-branch": the X3-trained meta-branch applied to every input).
+All three must share the backbone, width, classes, patch size, magnifications and input
+normalisation, and match the store; the new ``model.json`` takes their normalisation (and
+their ``pretrained`` record when they share it).
 
 The new directory gets ``model.json`` (``branches: independent``) and ``experts/`` with the
 three experts' weights and a ``config.json`` naming each source and the SHA-256 of the
