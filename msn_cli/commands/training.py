@@ -142,7 +142,8 @@ def train_memrm(
         typer.Option(
             "--gap-layers",
             help="default (the backbone's deep gap layers, e.g. BiSeNet layer3), auto (top-k "
-            "of the Fig. 1 analysis), nongap (its bottom-k: Table 4's ablation) or NAME,NAME.",
+            "of the Fig. 1 analysis: each layer's gap weighted by its context dependence), "
+            "nongap (its bottom-k: Table 4's ablation) or NAME,NAME.",
         ),
     ] = "default",
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="Gap layers chosen by auto.")] = 1,

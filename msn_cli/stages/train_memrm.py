@@ -1,9 +1,9 @@
 """Stage ``train-memrm`` (Step 2): gap layers, then the X1 and X2 Mem-RMs.
 
 1. Gap-layer analysis (Fig. 1): X1, X2, X3 of up to ``analysis_patches`` fit patches through
-   the frozen meta-branch; per candidate layer the activation statistics and a gap score
-   (:mod:`msn_cli.training.gaps`), saved as ``memrm/gap_layers.json`` and
-   ``memrm/gap_layers.png``. ``--gap-layers auto`` takes the ``--top-k`` highest,
+   the frozen meta-branch; per candidate layer the activation statistics, X3's context
+   dependence at X1's and X2's fields of view and a gap score (:mod:`msn_cli.training.gaps`),
+   saved as ``memrm/gap_layers.json`` and ``memrm/gap_layers.png``. ``--gap-layers auto`` takes the ``--top-k`` highest,
    ``nongap`` the ``--top-k`` lowest (Table 4's ablation); ``default`` (the default) the
    backbone's deep gap layers (see :mod:`msn_cli.training.gaps`). The chosen layers go into
    ``model.json`` (``gap_layers``), which sets the model's Mem-RMs.
@@ -222,7 +222,7 @@ def _gap_analysis(trainer: Trainer, meta, ds, fit, cfg, norm: Normalization, reu
     pick = fit[np.unique(np.linspace(0, len(fit) - 1, n).round().astype(int))]
     view = FitView(ds, pick)
     loader = ordered_loader(view, cfg.batch_size, ctx, trainer.workers)
-    stats = layer_statistics(meta.meta_branch, loader, ctx, norm)
+    stats = layer_statistics(meta.meta_branch, loader, ctx, norm, meta.config.ratios)
     nongap = cfg.gap_layers.strip().lower() == "nongap"
     stats["chosen"] = list(choose_layers(stats, cfg.top_k, lowest=nongap))
     stats["top_k"] = cfg.top_k
