@@ -3,10 +3,11 @@
 1. Gap-layer analysis (Fig. 1): X1, X2, X3 of up to ``analysis_patches`` fit patches through
    the frozen meta-branch; per candidate layer the activation statistics, X3's context
    dependence at X1's and X2's fields of view and a gap score (:mod:`msn_cli.training.gaps`),
-   saved as ``memrm/gap_layers.json`` and ``memrm/gap_layers.png``. ``--gap-layers auto`` takes the ``--top-k`` highest,
-   ``nongap`` the ``--top-k`` lowest (Table 4's ablation); ``default`` (the default) the
-   backbone's deep gap layers (see :mod:`msn_cli.training.gaps`). The chosen layers go into
-   ``model.json`` (``gap_layers``), which sets the model's Mem-RMs.
+   saved as ``memrm/gap_layers.json`` and ``memrm/gap_layers.png``. ``--gap-layers auto``
+   takes the ``--top-k`` highest, ``nongap`` the ``--top-k`` lowest (Table 4's ablation);
+   ``default`` (the default) the backbone's deep gap layers (see
+   :mod:`msn_cli.training.gaps`). The chosen layers go into ``model.json`` (``gap_layers``),
+   which sets the model's Mem-RMs.
 2. The Mem-RMs learn with L(S1, Y1) + L(S2, Y2), the meta-branch frozen (eval mode). X3's
    meta-features at the gap layers never change in this stage, so they are computed once per
    patch into ``memrm/cache/`` (float16 ``.npy`` memory maps, read by the DataLoader workers)
