@@ -20,6 +20,9 @@ class Toy(nn.Module):
 
     candidate_layers = ("pixels", "context")
 
+    def feature_grids(self):  # both keep the input's grid: pixel i sits at i + 0.5
+        return {n: SimpleNamespace(phase=0.5) for n in self.candidate_layers}
+
     def forward(self, x, features=()):
         feats = {"pixels": x, "context": x.mean((2, 3), keepdim=True).expand_as(x) + 0.1 * x}
         return SimpleNamespace(features={k: v for k, v in feats.items() if k in features})

@@ -229,24 +229,33 @@ def test_memory_stays_bounded_as_the_slide_grows(env, tmp_path, monkeypatch):
     assert b < 1.3 * a, (a, b)
 
 
-def test_independent_experts_predict_their_fusion_without_labels(env, tmp_path):
-    """An AWMF-CNN directory (independent, tuned experts) predicts like its own forward."""
+def _predicts_its_fusion(d, ck, tmp_path, n: int, seed: int):
+    """``ck`` predicts the slide ``d/s.tif`` as its fusion; then ``n`` random triplets through
+    the Predictor: the uint8 inputs, the same as model inputs, and the labels it predicts."""
     import torch
 
     from msn_cli.runtime import to_input
+
+    job = PredictJob(d / "s.tif", tmp_path / "m.tif")
+    [res] = predict([job], config(ck.path))
+    assert res.status == "predicted" and read_description(job.out)["branch"] == "fusion"
+    rng = np.random.default_rng(seed)
+    xs = [rng.integers(0, 256, (n, P, P, 3), dtype=np.uint8) for _ in range(3)]
+    labels, _ = Predictor(config(ck.path))(xs, False)
+    ts = [to_input(torch.from_numpy(x).permute(0, 3, 1, 2), torch.device("cpu")) for x in xs]
+    return xs, ts, labels
+
+
+def test_independent_experts_predict_their_fusion_without_labels(env, tmp_path):
+    """An AWMF-CNN directory (independent, tuned experts) predicts like its own forward."""
+    import torch
 
     d = env[0]
     ck, model = random_checkpoints(
         tmp_path / "ck", None, 1, CLASSES, patch_size=P, branches="independent",
         fusion="awmf", tune_experts=True,
     )  # fmt: skip
-    job = PredictJob(d / "s.tif", tmp_path / "m.tif")
-    [res] = predict([job], config(ck.path))
-    assert res.status == "predicted" and read_description(job.out)["branch"] == "fusion"
-    rng = np.random.default_rng(0)
-    xs = [rng.integers(0, 256, (3, P, P, 3), dtype=np.uint8) for _ in range(3)]
-    labels, _ = Predictor(config(ck.path))(xs, False)
-    ts = [to_input(torch.from_numpy(x).permute(0, 3, 1, 2), torch.device("cpu")) for x in xs]
+    xs, ts, labels = _predicts_its_fusion(d, ck, tmp_path, n=3, seed=0)
     with torch.no_grad():
         expected = model.eval()(*ts).s.argmax(1).numpy()
     assert np.array_equal(labels, expected)
@@ -260,18 +269,10 @@ def test_pseudo_sigma_meta_fm_predicts_per_patch_without_labels(env, tmp_path):
     forward; the mask differs from one fused with a single σ for every patch."""
     import torch
 
-    from msn_cli.runtime import to_input
-
     d = env[0]
     ck, model = random_checkpoints(tmp_path / "ck", None, 2, CLASSES, patch_size=P, sigma="pseudo")
     assert ck.read_card().model["sigma"] == "pseudo"
-    job = PredictJob(d / "s.tif", tmp_path / "m.tif")
-    [res] = predict([job], config(ck.path))
-    assert res.status == "predicted" and read_description(job.out)["branch"] == "fusion"
-    rng = np.random.default_rng(1)
-    xs = [rng.integers(0, 256, (4, P, P, 3), dtype=np.uint8) for _ in range(3)]
-    labels, _ = Predictor(config(ck.path))(xs, False)
-    ts = [to_input(torch.from_numpy(x).permute(0, 3, 1, 2), torch.device("cpu")) for x in xs]
+    _, ts, labels = _predicts_its_fusion(d, ck, tmp_path, n=4, seed=1)
     model.eval()
     with torch.no_grad():
         out = model(*ts)

@@ -160,8 +160,8 @@ def window_only(x3: torch.Tensor, ratio: float) -> torch.Tensor:
 
 def _phases(meta_branch, layers: Sequence[str]) -> dict[str, float]:
     """Each layer's grid phase, where its pixels sit (what Mem-RM's crop samples)."""
-    grids = meta_branch.feature_grids() if hasattr(meta_branch, "feature_grids") else {}
-    return {n: grids[n].phase if n in grids else 0.5 for n in layers}
+    grids = meta_branch.feature_grids()
+    return {n: grids[n].phase for n in layers}
 
 
 def _moments(f: torch.Tensor) -> torch.Tensor:

@@ -38,7 +38,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from msn_cli import signals
 from msn_cli.errors import MsnError
 from msn_cli.io.card import ModelCard
 from msn_cli.io.checkpoints import STAGES, CheckpointDir
@@ -174,7 +173,6 @@ class Trainer:
         loader = train_loader(epochs.train, cfg.batch_size, cfg.seed, ctx, self.workers)
         n, nc = len(epochs.train), len(plan.card.classes)
         for epoch in range(start, cfg.epochs):
-            signals.check()  # a Ctrl-C swallowed while the last epoch's loaders forked
             phase = epochs.phase(epoch)
             loader.sampler.set_epoch(epoch)
             desc = f"train-{self.name} {epoch + 1}/{cfg.epochs}"
